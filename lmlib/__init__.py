@@ -1,0 +1,30 @@
+"""lmlib: the supporting library of "Large Language Models: From Theory to Practice".
+
+The package mirrors the book; each module implements the math of one idea and says in
+its docstring which chapter teaches it.
+
+==================  ==========================================================  =======
+module              what it implements                                          chapter
+==================  ==========================================================  =======
+``probability``     chain rule, perplexity, n-gram LM with add-k smoothing      2.1
+``embeddings``      skip-gram word2vec with negative sampling                   2.2
+``rnn``             the recurrent cell h_t = tanh(W_h h_{t-1} + W_x x_t + b)    2.3
+``tokenize``        character and byte-level BPE tokenizers                     3.1
+``train``           the training loop (warm-up + cosine LR, clipping, AMP, DDP) 3.2, 5.2
+``generate``        greedy / temperature / top-k / top-p decoding, KV cache     3.3
+``attention``       softmax, scaled dot-product and multi-head attention,       4.1-4.3
+                    sinusoidal positional encoding
+``transformer``     layer norm, feed-forward, the pre-norm residual block       4.4
+``metrics``         cross-entropy, perplexity, BLEU, ROUGE-L                    4.5, 9
+``optim``           gradient descent, SGD with momentum, AdamW                  4.6
+``model``           GPTConfig and GPT                                           5.1
+``hf``              Hugging Face bridge: export to GPT-2, SmolLM2 and MiniLM    5.3-5.5
+``llama``           RMSNorm, RoPE, SwiGLU, grouped-query attention (LLaMA)      5.4
+``data``            Shakespeare corpus and movie-review sentiment, offline      5.2
+``device``          pick CUDA / MPS / CPU                                       1
+``grading``         the checks behind the graded exercises                      guides
+``course``          instructor tooling: release, sandboxed grading, reports     guides
+==================  ==========================================================  =======
+"""
+
+__version__ = "0.1.0"
