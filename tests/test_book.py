@@ -1,0 +1,273 @@
+"""The web book: it builds offline with every chapter executed, and every page works in a
+real browser (headless Chromium).
+
+The build runs once per test session (``built_book`` fixture). With jupyter-cache, a build
+after ``make book`` only re-executes notebooks whose code changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+
+pytestmark = pytest.mark.book
+
+
+# --------------------------------------------------------------------------- the TOC
+
+
+def toc_files() -> list[str]:
+    """Every file named in _toc.yml (without suffix), in reading order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+            walk(entry.get("chapters"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return files
+
+
+def source_of(page: str) -> Path:
+    for suffix in (".ipynb", ".md"):
+        path = ROOT / f"{page}{suffix}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{page} in _toc.yml has no .ipynb or .md source")
+
+
+# --------------------------------------------------------------------------- the build
+
+
+@pytest.fixture(scope="session")
+def built_book() -> Path:
+    """Build the book with warnings as errors; return the HTML directory."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    env = dict(os.environ)
+    env.setdefault("LMLIB_CACHE", str(ROOT / ".cache" / "lmlib"))
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(
+        [str(exe), "build", str(ROOT), "--warningiserror", "--keep-going"],
+        capture_output=True, text=True, env=env, timeout=3600,
+    )
+    log = proc.stdout + proc.stderr
+    (ROOT / "_build").mkdir(exist_ok=True)
+    (ROOT / "_build" / "test-build.log").write_text(log)
+    problems = [line for line in log.splitlines() if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", line)]
+    assert proc.returncode == 0 and not problems, (
+        f"jupyter-book build failed (exit {proc.returncode}); warnings/errors:\n"
+        + "\n".join(problems[:40])
+        + f"\n... full log in _build/test-build.log\n{log[-3000:]}"
+    )
+    return HTML
+
+
+def test_every_toc_entry_has_a_source_and_a_page(built_book: Path) -> None:
+    for page in toc_files():
+        source_of(page)
+        assert (built_book / f"{page}.html").exists(), f"{page}.html was not written"
+
+
+def test_every_chapter_notebook_is_stored_without_outputs() -> None:
+    import nbformat
+
+    for page in toc_files():
+        path = source_of(page)
+        if path.suffix != ".ipynb":
+            continue
+        nb = nbformat.read(path, as_version=4)
+        with_outputs = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("outputs")]
+        assert not with_outputs, f"{path.relative_to(ROOT)} has stored outputs in cells {with_outputs}"
+        assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path}: kernelspec must be python3"
+
+
+def test_every_chapter_was_executed_and_has_a_figure(built_book: Path) -> None:
+    """Each notebook page shows at least one image its code produced (a plot)."""
+    for page in toc_files():
+        if source_of(page).suffix != ".ipynb":
+            continue
+        html = (built_book / f"{page}.html").read_text()
+        assert 'class="cell_output' in html, f"{page}: no executed outputs in the page"
+        assert re.search(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', html), f"{page}: no figure produced by code"
+
+
+def test_every_notebook_page_offers_the_notebook_download(built_book: Path) -> None:
+    for page in toc_files():
+        if source_of(page).suffix != ".ipynb":
+            continue
+        html = (built_book / f"{page}.html").read_text()
+        name = Path(page).name
+        assert re.search(rf'href="[^"]*_sources/{re.escape(page)}\.ipynb"', html), f"{page}: no .ipynb download link"
+        assert (built_book / "_sources" / f"{page}.ipynb").exists(), f"{page}: downloadable notebook missing"
+        assert name
+
+
+def test_mathjax_is_served_locally(built_book: Path) -> None:
+    assert (built_book / "_static" / "mathjax" / "tex-chtml.js").exists()
+    for page in toc_files():
+        html = (built_book / f"{page}.html").read_text()
+        for src in re.findall(r'<script[^>]+src="([^"]+)"', html):
+            assert not src.startswith(("http://", "https://", "//")), f"{page} loads a remote script {src}"
+
+
+def test_sidebar_follows_the_outline_order(built_book: Path) -> None:
+    """The navigation lists the pages in _toc.yml order (the seeds' outline)."""
+    root, *pages = toc_files()
+    html = (built_book / f"{root}.html").read_text()
+    nav = html[html.find("bd-sidenav"):]
+    positions = []
+    for page in pages:
+        rel = os.path.relpath(page, os.path.dirname(root))
+        m = re.search(rf'href="{re.escape(rel)}\.html"', nav)
+        assert m, f"{page} is not in the sidebar"
+        positions.append(m.start())
+    assert positions == sorted(positions), "sidebar order differs from _toc.yml"
+
+
+# --------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="session")
+def site(built_book: Path):
+    handler = functools.partial(_QuietHandler, directory=str(built_book))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep pytest output readable
+        pass
+
+
+@pytest.fixture(scope="session")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "Debian chromium and chromium-driver are required (make system-deps)"
+    opts = webdriver.ChromeOptions()
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1280,900",
+    ):
+        opts.add_argument(arg)
+    opts.binary_location = chromium
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _wait(predicate, timeout: float = 20.0, step: float = 0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+_RAW_TEX = re.compile(r"\$\$|\\\(|\\\[|\\begin\{|\\frac\{|\\sum_|\\mathrm\{")
+
+
+@pytest.mark.browser
+def test_every_page_loads_cleanly_in_chromium(built_book: Path, site: str, browser) -> None:
+    """No console errors, math typeset by MathJax (no raw TeX left), every image loads."""
+    failures: list[str] = []
+    for page in toc_files():
+        browser.get_log("browser")  # drain
+        browser.get(urljoin(site, f"{page}.html"))
+        html_source = (built_book / f"{page}.html").read_text()
+        has_math = 'class="math' in html_source or "\\(" in html_source
+        if has_math:
+            typeset = _wait(lambda: browser.execute_script(
+                "return document.querySelectorAll('mjx-container').length"), timeout=30)
+            if not typeset:
+                failures.append(f"{page}: MathJax produced no typeset math")
+            # MathJax typesets asynchronously: wait until no unprocessed math element remains
+            _wait(lambda: browser.execute_script(
+                "return Array.from(document.querySelectorAll('.math')).every(e => e.querySelector('mjx-container'))"
+                " || document.querySelectorAll('.math').length == 0"), timeout=30)
+            text = browser.execute_script(
+                "const c = document.querySelector('main') || document.body;"
+                "const clone = c.cloneNode(true);"
+                "clone.querySelectorAll('pre, code, .highlight, mjx-assistive-mml, script, style')"
+                ".forEach(e => e.remove());"
+                "return clone.innerText;")
+            raw = _RAW_TEX.findall(text)
+            if raw:
+                failures.append(f"{page}: raw TeX left on the page: {raw[:5]}")
+        broken = browser.execute_script(
+            "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+            ".map(i => i.getAttribute('src'));")
+        if broken:
+            failures.append(f"{page}: images that did not load: {broken}")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        if errors:
+            failures.append(f"{page}: console errors: {[e['message'][:200] for e in errors]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.browser
+def test_search_finds_pages(site: str, browser) -> None:
+    browser.get(urljoin(site, "search.html?q=attention"))
+    count = _wait(lambda: browser.execute_script(
+        "return document.querySelectorAll('#search-results li, ul.search li').length"), timeout=30)
+    assert count and count > 0, "searching the book for 'attention' returned no results"
+
+
+def test_no_broken_internal_links(built_book: Path) -> None:
+    """Every relative href points to a file in the site, and every #fragment to an id on that page."""
+    ids_cache: dict[Path, set[str]] = {}
+
+    def ids_of(path: Path) -> set[str]:
+        if path not in ids_cache:
+            ids_cache[path] = set(re.findall(r'\bid="([^"]+)"', path.read_text(errors="replace")))
+        return ids_cache[path]
+
+    broken: list[str] = []
+    for page in toc_files():
+        page_path = built_book / f"{page}.html"
+        html = page_path.read_text()
+        for href in re.findall(r'<a[^>]+href="([^"]+)"', html):
+            parsed = urlparse(href)
+            if parsed.scheme or href.startswith(("//", "mailto:", "javascript:")):
+                continue
+            target = page_path if not parsed.path else (page_path.parent / unquote(parsed.path)).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page}: {href} -> missing {target}")
+                continue
+            if parsed.fragment and target.suffix == ".html" and unquote(parsed.fragment) not in ids_of(target):
+                broken.append(f"{page}: {href} -> no id #{parsed.fragment} in {target.name}")
+    assert not broken, "broken internal links:\n" + "\n".join(broken[:50])
