@@ -61,8 +61,10 @@ book: setup
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is in _build/html/index.html"
 
+# The unit and integration tests (tests/), and nbval over the solution notebooks and the
+# chapters (--nbval-lax: every cell must run without error).
 test: setup system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest tests solutions chapters --nbval-lax
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not book and not browser"
