@@ -53,8 +53,8 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq || true; \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq -o DPkg::Lock::Timeout=600 || true; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing; \
 	fi
 
 book: setup
@@ -64,7 +64,7 @@ book: setup
 # The unit and integration tests (tests/), and nbval over the solution notebooks and the
 # chapters (--nbval-lax: every cell must run without error).
 test: setup system-deps
-	$(PY) -m pytest tests solutions chapters --nbval-lax
+	$(PY) -m pytest tests solutions chapters --nbval-lax --nbval-cell-timeout=900 --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not book and not browser"

@@ -25,7 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 
-pytestmark = pytest.mark.book
+# the first test to use built_book pays for the whole build (every chapter executed)
+pytestmark = [pytest.mark.book, pytest.mark.timeout(3600)]
 
 
 # --------------------------------------------------------------------------- the TOC
@@ -271,3 +272,108 @@ def test_no_broken_internal_links(built_book: Path) -> None:
             if parsed.fragment and target.suffix == ".html" and unquote(parsed.fragment) not in ids_of(target):
                 broken.append(f"{page}: {href} -> no id #{parsed.fragment} in {target.name}")
     assert not broken, "broken internal links:\n" + "\n".join(broken[:50])
+
+
+# --------------------------------------------------------------------------- the chapter template
+# These read the sources only (no build), so they fail fast when a page breaks the template.
+
+_CJK = r"[\u3400-\u9fff]"
+_BOLD_TERM = re.compile(rf"\*\*([A-Za-z][^*()]{{1,60}}?)\s*[（(]\s*({_CJK}[^*()）]*?)\s*[)）]\*\*")
+
+
+def _markdown_of(path: Path) -> str:
+    if path.suffix == ".md":
+        return path.read_text(encoding="utf-8")
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return "\n\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def _code_of(path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return "\n\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def _chapter_pages() -> list[str]:
+    return [p for p in toc_files()[1:] if "/guides/" not in p and source_of(p).suffix == ".ipynb"]
+
+
+def _exercise_ids() -> set[str]:
+    return {p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()} if (ROOT / "solutions").is_dir() else set()
+
+
+def test_every_chapter_follows_the_template() -> None:
+    """Title cell, a key term with its Chinese name, a figure, and a pointer to a graded exercise."""
+    exercises = _exercise_ids()
+    problems = []
+    for page in _chapter_pages():
+        path = source_of(page)
+        import nbformat
+
+        nb = nbformat.read(path, as_version=4)
+        first = nb.cells[0]
+        if first.cell_type != "markdown" or not first.source.lstrip().startswith("# "):
+            problems.append(f"{page}: the first cell must be markdown with the page title")
+        md = _markdown_of(path)
+        if not _BOLD_TERM.search(md):
+            problems.append(f"{page}: no key term in bold with its Chinese name, e.g. **attention (注意力)**")
+        if "plt." not in _code_of(path) and ".plot(" not in _code_of(path):
+            problems.append(f"{page}: no matplotlib figure")
+        named = set(re.findall(r"\b(0[1-8]-[a-z-]+[a-z])\b", md)) & exercises
+        if not named:
+            problems.append(f"{page}: does not point to a graded exercise (one of {sorted(exercises)})")
+    assert not problems, "\n".join(problems)
+
+
+def test_glossary_lists_every_key_term() -> None:
+    """Every **term (中文)** introduced in a chapter appears in the glossary, with its Chinese name."""
+    glossary = (ROOT / "chapters" / "09-faq" / "glossary.md").read_text(encoding="utf-8").lower()
+    missing = []
+    for page in toc_files():
+        path = source_of(page)
+        if "glossary" in page:
+            continue
+        for term, chinese in _BOLD_TERM.findall(_markdown_of(path)):
+            if term.strip().lower() not in glossary or chinese.strip().lower() not in glossary:
+                missing.append(f"{term.strip()} ({chinese.strip()}) from {page}")
+    assert not missing, "terms missing from chapters/09-faq/glossary.md:\n" + "\n".join(sorted(set(missing)))
+
+
+# --------------------------------------------------------------------------- ERRATA taught correctly
+
+
+def test_positional_encoding_page_computes_the_papers_formula() -> None:
+    """Vaswani et al. 2017, sec. 3.5: the page computes PE(pos, 2i) = sin(pos / 10000^(2i/d)) by hand
+    and checks lmlib against it (the seeds had position and dimension swapped)."""
+    path = ROOT / "chapters" / "04-math" / "positional-encoding.ipynb"
+    code = _code_of(path)
+    assert "sinusoidal_positional_encoding" in code
+    assert "10000" in code and re.search(r"\bsin\b|\.sin\(", code) and re.search(r"\bcos\b|\.cos\(", code)
+    assert re.search(r"assert|assert_close|allclose", code), "the page must check lmlib against the formula"
+    md = _markdown_of(path)
+    assert "1706.03762" in md
+
+
+def test_source_errata_are_taught_correctly() -> None:
+    """Key rows of ../shared/seeds/ERRATA.md, checked where the book teaches them."""
+    def md(page: str) -> str:
+        return _markdown_of(source_of(f"chapters/{page}"))
+
+    rnn = md("02-concepts/rnn")
+    assert "循环神经网络" in rnn, "RNN is 循环神经网络 (recurrent), not 递归 (recursive)"
+    refs = (ROOT / "chapters" / "09-faq" / "references.md").read_text(encoding="utf-8")
+    assert "1910.10683" in refs and "Unified Text-to-Text Transformer" in refs, "T5's real title and arXiv id"
+    assert "1909.11942" in refs and "Self-supervised Learning of Language Representations" in refs, "ALBERT"
+    assert "2009.05173" not in refs and "2009.13126" not in refs, "the seeds' invented arXiv ids"
+    background = md("01-background/background")
+    assert re.search(r"ELMo.{0,200}2018", background, re.S) and "1802.05365" in background
+    assert "Microsoft's ChatGPT" not in "".join(md(p.removeprefix("chapters/")) for p in _chapter_pages())
+    mha = md("04-math/multi-head")
+    assert re.search(r"not (split )?the sequence|does not split the sequence|feature dimension", mha)
+    block = md("04-math/transformer-block")
+    assert re.search(r"W_?\{?2\}?|W_2", block), "FFN has two layers: max(0, xW1 + b1)W2 + b2"
+    faq = md("09-faq/faq")
+    assert "perplexity" in faq.lower() and "AUC" in faq, "the FAQ corrects 'LMs are evaluated with AUC'"
