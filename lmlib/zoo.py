@@ -1,0 +1,217 @@
+"""Trained models the later chapters share, cached so that the book trains each one once.
+
+Chapter 5.2 trains the character-level GPT on Shakespeare; chapters 5.3, 6 and 8 use that
+trained model again. Training takes minutes on a laptop CPU, so the result is saved in
+lmlib's cache (``<cache>/checkpoints/``, see :func:`lmlib._cache.cache_dir`) and reused.
+
+A checkpoint is only reused when it was made by **the same recipe**: its file records a
+*cache key*, the sha256 of the model configuration, the training configuration, the seed
+and a digest of the training data. If any of them changes, the key changes and the model
+is trained again. Next to each checkpoint a ``.sha256`` file holds the digest of the
+checkpoint's bytes, so a truncated or corrupted file is detected (and, if allowed,
+retrained) instead of silently loaded.
+
+The same mechanism caches chapter 6's sentiment classifier head (:func:`sentiment_head`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lmlib._cache import cache_dir, file_lock, sha256_file
+
+__all__ = [
+    "CheckpointError",
+    "CPU_GPT_CONFIG",
+    "CPU_TRAIN_CONFIG",
+    "cache_key",
+    "save_checkpoint",
+    "load_checkpoint",
+    "cached_artifact",
+    "corpus_digest",
+    "pretrained_char_gpt",
+    "sentiment_head",
+]
+
+#: bump when the checkpoint layout changes: old files are then retrained, not misread
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but is corrupt, truncated, or not an lmlib checkpoint."""
+
+
+# --------------------------------------------------------------------------- cache keys
+
+
+def _plain(obj: Any) -> Any:
+    """Turn dataclasses / paths / tuples into JSON-able data (for hashing)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (Path, torch.device, torch.dtype)):
+        return str(obj)
+    raise TypeError(f"cannot put an object of type {type(obj).__name__} in a cache key: {obj!r}")
+
+
+def cache_key(**parts: Any) -> str:
+    """sha256 (hex) of the named parts, serialised as sorted JSON.
+
+    The parts are anything that determines the trained weights: configs (dataclasses or
+    dicts), the seed, a digest of the data. Equal parts give equal keys; changing any value
+    changes the key.
+
+    >>> cache_key(a=1, b=[1, 2]) == cache_key(b=[1, 2], a=1)
+    True
+    """
+    if not parts:
+        raise ValueError("cache_key needs at least one named part")
+    text = json.dumps(_plain(parts), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def corpus_digest() -> str:
+    """sha256 of the Shakespeare train and val texts (what the char GPT is trained on)."""
+    from lmlib.data import shakespeare_text
+
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        h.update(split.encode() + b"\0" + shakespeare_text(split).encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` with ``torch.save`` atomically, plus a ``<name>.sha256`` sidecar.
+
+    The file is written to a temporary name and renamed, so a crash never leaves a
+    half-written checkpoint under the real name. Returns the path.
+    """
+    if not isinstance(payload, dict):
+        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    digest = sha256_file(tmp)
+    tmp.replace(path)
+    _sidecar(path).write_text(digest + "\n")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, after checking its sha256.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        CheckpointError: if the sidecar is missing, the bytes do not match it (corrupt or
+            truncated file), the file cannot be unpickled, or its format is unknown.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    side = _sidecar(path)
+    if not side.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {side.name} digest; it cannot be verified")
+    expected = side.read_text().strip()
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: sha256 {actual[:16]}... does not match the recorded "
+            f"{expected[:16]}... (truncated or modified file)"
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise CheckpointError(f"checkpoint {path} could not be read: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"checkpoint {path} has format {fmt!r}, expected {CHECKPOINT_FORMAT}")
+    return data
+
+
+def cached_artifact(
+    path: str | os.PathLike[str],
+    key: str,
+    build: Callable[[], dict[str, Any]],
+    *,
+    train_if_missing: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the checkpoint at ``path`` if it was made with ``key``; else ``build()`` and save it.
+
+    ``build`` returns the payload to save (a dict of tensors and plain data). The whole
+    check-build-save runs under an inter-process lock, so two notebooks executing at the
+    same time train once.
+
+    Returns:
+        ``(payload, status)`` where ``status`` has ``source`` (``"cache"`` or ``"trained"``),
+        ``reason`` (why it was trained: ``"missing"``, ``"recipe changed"``, ``"corrupt: ..."``)
+        and ``path``.
+    Raises:
+        FileNotFoundError / CheckpointError: when no usable checkpoint exists and
+            ``train_if_missing`` is False. A checkpoint made by a different recipe raises
+            ``CheckpointError`` too (it exists but is not the model that was asked for).
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key must be a non-empty string, got {key!r}")
+    path = Path(path)
+    with file_lock("zoo-" + path.name):
+        reason = "missing"
+        if path.exists():
+            try:
+                payload = load_checkpoint(path)
+            except CheckpointError as exc:
+                reason = f"corrupt: {exc}"
+                if not train_if_missing:
+                    raise
+                warnings.warn(f"{exc}; training again", RuntimeWarning, stacklevel=2)
+            else:
+                if payload.get("key") == key:
+                    return payload, {"source": "cache", "reason": None, "path": str(path)}
+                reason = "recipe changed"
+                if not train_if_missing:
+                    raise CheckpointError(
+                        f"checkpoint {path} was made by a different recipe (key "
+                        f"{str(payload.get('key'))[:12]}..., wanted {key[:12]}...); pass "
+                        f"train_if_missing=True to train the requested one"
+                    )
+        elif not train_if_missing:
+            raise FileNotFoundError(f"no checkpoint at {path} and train_if_missing=False")
+        payload = build()
+        if not isinstance(payload, dict):
+            raise TypeError(f"build() must return a dict, got {type(payload).__name__}")
+        payload = {**payload, "key": key}
+        save_checkpoint(path, payload)
+        return {"format": CHECKPOINT_FORMAT, **payload}, {"source": "trained", "reason": reason, "path": str(path)}
+
+
+# --------------------------------------------------------------------------- the char GPT
+
+from lmlib.model import GPTConfig  # noqa: E402  (kept below the generic helpers on purpose)
+
+#: the CPU recipe of chapter 5.2 (placeholder until benchmarks/train_gpt.py --preset cpu lands)
+CPU_GPT_CONFIG = GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+CPU_TRAIN_CONFIG = None
