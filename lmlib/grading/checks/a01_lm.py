@@ -1,0 +1,335 @@
+"""Checks of assignment ``01-lm`` (chapter 2.1: language models, the chain rule, n-grams).
+
+Conventions shared with ``lmlib.probability.NGramLM`` (the reference, hidden while grading):
+each sentence is padded with one start symbol ``<s>`` and one end symbol ``</s>``; ``</s>`` is
+predicted like a word, ``<s>`` is only ever a context; the vocabulary is the sorted set of
+training words plus ``</s>`` and ``<unk>``; unknown words (as word or context) become ``<unk>``.
+
+Parts (answer name -> check ids; the ``-edge``/``-long`` ones are hidden tests):
+
+* ``sequence_log_prob(cond_probs)``   -> 01-lm/chain-rule, 01-lm/chain-rule-long
+* ``count_bigrams(sentences)``        -> 01-lm/count-bigrams, 01-lm/count-bigrams-edge
+* ``bigram_mle(counts)``              -> 01-lm/bigram-mle, 01-lm/bigram-mle-edge
+* ``add_k_prob(counts, vocab, prev, word, k)`` -> 01-lm/add-k, 01-lm/add-k-edge
+* ``perplexity(log_probs)``           -> 01-lm/perplexity, 01-lm/perplexity-edge
+* ``bigram_perplexity(counts, vocab, sentences, k)`` -> 01-lm/bigram-perplexity,
+  01-lm/bigram-perplexity-edge
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..core import Check, as_tensor, register
+from ..plain import to_plain
+
+REFERENCE = ("lmlib.probability",)
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"  # same strings as lmlib.probability (not imported here)
+
+_WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "to", "and", "saw", "bird"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _sentences(rng: np.random.Generator, n: int, max_len: int, words: list[str] = _WORDS) -> list[list[str]]:
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(1, max_len + 1))
+        out.append([words[int(i)] for i in rng.integers(0, len(words), size=length)])
+    return out
+
+
+def _count(sentences: list[list[str]]) -> dict[str, dict[str, int]]:
+    """Bigram counts with <s>/</s> padding (trusted input generation, not the reference)."""
+    counts: dict[str, dict[str, int]] = {}
+    for s in sentences:
+        padded = [BOS, *s, EOS]
+        for prev, word in zip(padded[:-1], padded[1:]):
+            row = counts.setdefault(prev, {})
+            row[word] = row.get(word, 0) + 1
+    return counts
+
+
+def _vocab(sentences: list[list[str]]) -> list[str]:
+    return sorted({w for s in sentences for w in s} | {EOS, UNK})
+
+
+def _nested(result: Any, what: str) -> dict:
+    """A mapping of mappings (dict, Counter, defaultdict...) -> plain nested dict."""
+    if not isinstance(result, Mapping):
+        raise TypeError(f"{what} must return a dict of dicts, got {type(result).__name__}")
+    out = {}
+    for prev, row in result.items():
+        if not isinstance(row, Mapping):
+            raise TypeError(f"{what}: counts[{prev!r}] must be a dict, got {type(row).__name__}")
+        out[prev] = {word: value for word, value in row.items()}
+    return to_plain(out)
+
+
+def _scalar(value: Any, what: str) -> Any:
+    plain = to_plain(value, _what=what)
+    if type(plain) is np.ndarray and plain.size != 1:
+        raise TypeError(f"{what} must be a single number, got an array of shape {plain.shape}")
+    if type(plain) is np.ndarray:
+        plain = plain.reshape(()).item()
+    return plain
+
+
+def _lm(sentences: list[list[str]], k: float):
+    from lmlib.probability import NGramLM
+
+    return NGramLM(2, k=k).fit(sentences)
+
+
+# ----------------------------------------------------------------------------- chain rule
+
+
+class _ChainRule(Check):
+    reference = REFERENCE
+    hint = "sum the logs of the conditionals (never multiply them); log(0) is -inf."
+
+    def run(self, answer, inputs):
+        return to_plain(answer(as_tensor(inputs["cond_probs"])))
+
+    def expected(self, inputs):
+        import torch
+
+        from lmlib.probability import chain_rule_log_prob
+
+        return chain_rule_log_prob(torch.tensor(inputs["cond_probs"], dtype=torch.float64))
+
+
+@register
+class ChainRule(_ChainRule):
+    id = "01-lm/chain-rule"
+
+    def make_inputs(self, rng):
+        return {"cond_probs": rng.uniform(0.05, 1.0, size=(4, 6))}
+
+
+@register
+class ChainRuleLong(_ChainRule):
+    id = "01-lm/chain-rule-long"
+
+    def make_inputs(self, rng):
+        # 600 conditionals around 1e-2: their product (~1e-1200) underflows to 0 even in float64
+        p = rng.uniform(1e-3, 1e-1, size=(2, 3, 600))
+        p[1, 2, 17] = 0.0      # an impossible sequence: log P = -inf
+        p[0, 1, :] = 1.0       # a certain sequence: log P = 0
+        return {"cond_probs": p}
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+class _CountBigrams(Check):
+    reference = REFERENCE
+    hint = "pad every sentence as <s> w_1 ... w_n </s> and count each adjacent pair (prev, word)."
+
+    def run(self, answer, inputs):
+        return _nested(answer(inputs["sentences"]), "count_bigrams")
+
+    def expected(self, inputs):
+        lm = _lm(inputs["sentences"], 0.0)
+        return {ctx[0]: {w: int(c) for w, c in counter.items() if c} for ctx, counter in lm.counts.items()}
+
+
+@register
+class CountBigrams(_CountBigrams):
+    id = "01-lm/count-bigrams"
+
+    def make_inputs(self, rng):
+        return {"sentences": _sentences(rng, 5, 6)}
+
+
+@register
+class CountBigramsEdge(_CountBigrams):
+    id = "01-lm/count-bigrams-edge"
+
+    def make_inputs(self, rng):
+        sents = _sentences(rng, 6, 8)
+        sents += [[], ["the"], ["the", "the", "the"], ["The", "cat", "."]]
+        order = rng.permutation(len(sents))
+        return {"sentences": [sents[int(i)] for i in order]}
+
+
+# ----------------------------------------------------------------------------- MLE
+
+
+class _BigramMLE(Check):
+    reference = REFERENCE
+    hint = "P(word | prev) = c(prev, word) / sum over words w of c(prev, w); only for pairs in counts."
+
+    def run(self, answer, inputs):
+        return _nested(answer(inputs["counts"]), "bigram_mle")
+
+    def expected(self, inputs):
+        lm = _lm(inputs["sentences"], 0.0)
+        return {prev: {w: lm.prob(w, [prev]) for w in row} for prev, row in inputs["counts"].items()}
+
+
+@register
+class BigramMLE(_BigramMLE):
+    id = "01-lm/bigram-mle"
+
+    def make_inputs(self, rng):
+        sents = _sentences(rng, 6, 6)
+        return {"sentences": sents, "counts": _count(sents)}
+
+
+@register
+class BigramMLEEdge(_BigramMLE):
+    id = "01-lm/bigram-mle-edge"
+
+    def make_inputs(self, rng):
+        sents = _sentences(rng, 300, 12)          # large counts
+        sents += [["zebra", "zebra"], ["quokka"]]  # contexts with a single continuation
+        return {"sentences": sents, "counts": _count(sents)}
+
+
+# ----------------------------------------------------------------------------- add-k
+
+
+class _AddK(Check):
+    reference = REFERENCE
+    hint = ("P(word | prev) = (c(prev, word) + k) / (c(prev) + k |V|) with |V| = len(vocab); map words "
+            "not in vocab to <unk>; an unseen context with k = 0 gives 0.0.")
+
+    def run(self, answer, inputs):
+        return [
+            _scalar(answer(inputs["counts"], inputs["vocab"], prev, word, k), "add_k_prob")
+            for prev, word, k in inputs["queries"]
+        ]
+
+    def expected(self, inputs):
+        lms = {}
+        out = []
+        for prev, word, k in inputs["queries"]:
+            if k not in lms:
+                lms[k] = _lm(inputs["sentences"], k)
+            out.append(lms[k].prob(word, [prev]))
+        return out
+
+
+def _queries(rng: np.random.Generator, counts: dict, vocab: list[str], ks: list[float], n: int) -> list:
+    contexts = sorted(counts)
+    out = []
+    for i in range(n):
+        prev = contexts[int(rng.integers(len(contexts)))]
+        if i % 2 == 0:  # a seen pair
+            row = sorted(counts[prev])
+            word = row[int(rng.integers(len(row)))]
+        else:           # any word, mostly unseen pairs
+            word = vocab[int(rng.integers(len(vocab)))]
+        out.append([prev, word, ks[i % len(ks)]])
+    return out
+
+
+@register
+class AddK(_AddK):
+    id = "01-lm/add-k"
+
+    def make_inputs(self, rng):
+        sents = _sentences(rng, 8, 6)
+        counts, vocab = _count(sents), _vocab(sents)
+        return {"sentences": sents, "counts": counts, "vocab": vocab,
+                "queries": _queries(rng, counts, vocab, [1.0, 0.5], 12)}
+
+
+@register
+class AddKEdge(_AddK):
+    id = "01-lm/add-k-edge"
+
+    def make_inputs(self, rng):
+        sents = _sentences(rng, 10, 7)
+        counts, vocab = _count(sents), _vocab(sents)
+        q = _queries(rng, counts, vocab, [0.0, 1e-3, 2.5], 12)
+        q += [
+            [UNK, "the", 1.0],        # unseen context: uniform 1 / |V|
+            [UNK, "the", 0.0],        # unseen context with k = 0: defined as 0.0
+            ["the", "platypus", 1.0], # unknown word -> <unk>
+            ["platypus", EOS, 0.5],   # unknown context -> <unk>
+            [BOS, EOS, 0.0],          # MLE of an (almost surely) unseen pair
+        ]
+        return {"sentences": sents, "counts": counts, "vocab": vocab, "queries": q}
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+
+class _Perplexity(Check):
+    reference = REFERENCE
+    hint = "perplexity = exp(-(1/T) * sum_t log p_t), averaged over the last dimension, in log space."
+
+    def run(self, answer, inputs):
+        return to_plain(answer(as_tensor(inputs["log_probs"])))
+
+    def expected(self, inputs):
+        import torch
+
+        from lmlib.probability import perplexity
+
+        return perplexity(-torch.tensor(inputs["log_probs"], dtype=torch.float64))
+
+
+@register
+class Perplexity(_Perplexity):
+    id = "01-lm/perplexity"
+
+    def make_inputs(self, rng):
+        return {"log_probs": np.log(rng.uniform(0.05, 1.0, size=(3, 10)))}
+
+
+@register
+class PerplexityEdge(_Perplexity):
+    id = "01-lm/perplexity-edge"
+
+    def make_inputs(self, rng):
+        lp = np.log(rng.uniform(1e-4, 1e-2, size=(2, 2, 2000)))   # product underflows
+        lp[0, 1, :] = np.log(1.0 / 84)                            # uniform over 84 chars: PPL = 84
+        lp[1, 0, 5] = -np.inf                                     # an impossible token: PPL = inf
+        return {"log_probs": lp}
+
+
+# ----------------------------------------------------------------------------- bigram perplexity
+
+
+class _BigramPerplexity(Check):
+    reference = REFERENCE
+    hint = ("pad each held-out sentence with <s> ... </s>, map unknown words to <unk>, sum log add-k "
+            "probabilities, divide by N = number of predicted tokens (words + one </s> per sentence).")
+
+    def run(self, answer, inputs):
+        return [
+            _scalar(answer(inputs["counts"], inputs["vocab"], inputs["heldout"], k), "bigram_perplexity")
+            for k in inputs["ks"]
+        ]
+
+    def expected(self, inputs):
+        return [_lm(inputs["sentences"], k).perplexity(inputs["heldout"]) for k in inputs["ks"]]
+
+
+@register
+class BigramPerplexity(_BigramPerplexity):
+    id = "01-lm/bigram-perplexity"
+
+    def make_inputs(self, rng):
+        sents = _sentences(rng, 20, 8)
+        return {"sentences": sents, "counts": _count(sents), "vocab": _vocab(sents),
+                "heldout": _sentences(rng, 4, 8), "ks": [1.0, 0.1]}
+
+
+@register
+class BigramPerplexityEdge(_BigramPerplexity):
+    id = "01-lm/bigram-perplexity-edge"
+
+    def make_inputs(self, rng):
+        sents = _sentences(rng, 30, 8)
+        heldout = _sentences(rng, 3, 8) + [[], ["platypus", "the", "wombat"]]
+        # k = 0 on held-out text with unseen pairs: probability 0, perplexity inf
+        return {"sentences": sents, "counts": _count(sents), "vocab": _vocab(sents),
+                "heldout": heldout, "ks": [1.0, 0.01, 0.0]}

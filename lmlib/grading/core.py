@@ -1,0 +1,548 @@
+"""The grading core: ``Check`` classes, their registry, and ``check()`` in its two modes.
+
+Design (see also ``/CONTRIBUTING.md``, "Grading contract", and the Integrity section of the
+instructor guide): the student's kernel only **produces plain values** for inputs the grader
+chose; expected values are computed and compared by trusted code.
+
+A test cell of an exercise notebook contains only calls such as::
+
+    check("03-attention/softmax", softmax)
+
+Each check id (``"<assignment>/<part>"``) is implemented once, by a :class:`Check` subclass in
+``lmlib/grading/checks/aNN_<name>.py`` registered with :func:`register`:
+
+* ``make_inputs(rng)`` — trusted: inputs as plain data (numpy/python) from a seeded RNG;
+* ``run(answer, inputs)`` — in the student's kernel: call the answer, return ``to_plain(...)``;
+* ``expected(inputs)`` — trusted only: lmlib's reference (imported inside the method);
+* ``compare(got, expected, inputs)`` — trusted only: ``(ok, message)``.
+
+**Local mode** (default): ``check`` does all four in-process and prints ``✓ <id>`` or raises
+``AssertionError("<id>: <message>")``. **Grading mode** (``$LMLIB_GRADING_IO`` set to the
+submission's scratch dir): ``check`` reads inputs from ``<io>/inputs/<safe_id>.json``, runs
+the answer, writes ``<io>/results/<safe_id>.<nonce>.json`` and never computes expected values.
+
+Final API (stable; the pipeline in ``lmlib.course`` relies on it)::
+
+    PlainData, to_plain(x), dump_plain(obj, dir, stem) -> Path, load_plain(path)   # plain.py
+    class Check: id, reference, hint; make_inputs(rng), run(answer, inputs),
+                 expected(inputs), compare(got, expected, inputs) -> (bool, str)
+    register(cls) -> cls
+    get_check(check_id) -> Check                      # an instance; KeyError if unknown
+    registered_checks(assignment=None) -> dict[str, type[Check]]   # imports all check modules
+    assignment_of(check_id) -> str                    # "03-attention/softmax" -> "03-attention"
+    reference_modules(assignment) -> tuple[str, ...]  # union of the checks' `reference`
+    check(check_id, answer, *, _nonce=None) -> None
+    # helpers for the trusted grader:
+    GRADING_IO_ENV = "LMLIB_GRADING_IO";  SECRET_ENV = "LMLIB_GRADING_SECRET"
+    safe_id(check_id) -> str                          # "/" -> "__"
+    seed_for(check_id, secret=None) -> int            # secret None: $LMLIB_GRADING_SECRET or ""
+    generate_inputs(check_id, secret=None) -> dict    # make_inputs(default_rng(seed_for(...)))
+    write_inputs(io_dir, check_id, inputs) -> Path    # <io>/inputs/<safe_id>.json
+    read_inputs(io_dir, check_id) -> dict
+    result_path(io_dir, check_id, nonce) -> Path      # <io>/results/<safe_id>.<nonce>.json
+    read_result(io_dir, check_id, nonce) -> dict | None   # validated; None if missing;
+                                                      # PlainDataError if malformed
+    evaluate(check_id, inputs, result) -> (bool, str) # trusted verdict for one result dict
+    compare_plain(got, expected, *, rtol, atol, path) -> (bool, str)   # the default compare
+    as_tensor(x, dtype=None, device=None)             # for Check.run: plain -> torch on get_device()
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import math
+import os
+import pkgutil
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .plain import PlainData, PlainDataError, dump_plain, load_plain, to_plain, validate_plain
+
+__all__ = [
+    "Check",
+    "register",
+    "get_check",
+    "registered_checks",
+    "assignment_of",
+    "reference_modules",
+    "check",
+    "safe_id",
+    "seed_for",
+    "generate_inputs",
+    "write_inputs",
+    "read_inputs",
+    "result_path",
+    "read_result",
+    "evaluate",
+    "compare_plain",
+    "as_tensor",
+    "GRADING_IO_ENV",
+    "SECRET_ENV",
+    "PlainData",
+    "to_plain",
+]
+
+GRADING_IO_ENV = "LMLIB_GRADING_IO"
+SECRET_ENV = "LMLIB_GRADING_SECRET"
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-5
+MAX_ERROR_CHARS = 2000
+
+_CHECK_ID = re.compile(r"^(\d\d-[a-z0-9]+(?:-[a-z0-9]+)*)/([a-z0-9]+(?:-[a-z0-9]+)*)$")
+_NONCE = re.compile(r"^[0-9a-f]{16,128}$")
+_REGISTRY: dict[str, type["Check"]] = {}
+
+
+# ----------------------------------------------------------------------------- ids
+
+
+def assignment_of(check_id: str) -> str:
+    """``"03-attention/softmax"`` -> ``"03-attention"``; ``ValueError`` for a malformed id."""
+    if type(check_id) is not str:
+        raise TypeError(f"check_id must be a str, got {type(check_id).__name__}")
+    m = _CHECK_ID.match(check_id)
+    if not m:
+        raise ValueError(
+            f"check_id must look like '03-attention/softmax' (assignment id / part, lower-case "
+            f"letters, digits and '-'), got {check_id!r}"
+        )
+    return m.group(1)
+
+
+def safe_id(check_id: str) -> str:
+    """File-name form of a check id: ``"03-attention/softmax"`` -> ``"03-attention__softmax"``."""
+    assignment_of(check_id)
+    return check_id.replace("/", "__")
+
+
+def _module_for(assignment: str) -> str:
+    num, _, name = assignment.partition("-")
+    return f"lmlib.grading.checks.a{num}_{name.replace('-', '_')}"
+
+
+# ----------------------------------------------------------------------------- Check
+
+
+class Check:
+    """One graded check. Subclass, set ``id`` and ``reference``, implement the methods.
+
+    Class attributes:
+        id: ``"<assignment>/<part>"``, e.g. ``"03-attention/softmax"``.
+        reference: the lmlib modules this check grades, e.g. ``("lmlib.attention",)``; while
+            grading they are replaced in the student's sandbox by a stub that raises
+            ``ImportError``.
+        hint: one sentence appended to failure messages (what to look at).
+        rtol, atol: tolerances of the default :meth:`compare`.
+    """
+
+    id: ClassVar[str] = ""
+    reference: ClassVar[tuple[str, ...]] = ()
+    hint: ClassVar[str] = ""
+    rtol: ClassVar[float] = DEFAULT_RTOL
+    atol: ClassVar[float] = DEFAULT_ATOL
+
+    def make_inputs(self, rng: np.random.Generator) -> dict[str, PlainData]:
+        """Trusted (and local mode): the inputs, as plain data, drawn from ``rng``."""
+        raise NotImplementedError
+
+    def run(self, answer: Any, inputs: dict[str, PlainData]) -> PlainData:
+        """In the student's kernel: call ``answer`` on ``inputs``; return ``to_plain(result)``.
+        Must not import reference modules."""
+        raise NotImplementedError
+
+    def expected(self, inputs: dict[str, PlainData]) -> PlainData:
+        """Trusted only: the expected output, computed with lmlib's reference."""
+        raise NotImplementedError
+
+    def compare(self, got: PlainData, expected: PlainData, inputs: dict[str, PlainData]) -> tuple[bool, str]:
+        """Trusted only: ``(passed, message)``. Default: :func:`compare_plain`."""
+        return compare_plain(got, expected, rtol=self.rtol, atol=self.atol)
+
+    def __repr__(self) -> str:
+        return f"<Check {self.id}>"
+
+
+def register(cls: type[Check]) -> type[Check]:
+    """Class decorator: register a :class:`Check` subclass under its ``id`` (unique)."""
+    if not (isinstance(cls, type) and issubclass(cls, Check)):
+        raise TypeError(f"register expects a Check subclass, got {cls!r}")
+    assignment = assignment_of(cls.id)
+    if type(cls.reference) is not tuple or not all(type(m) is str for m in cls.reference):
+        raise TypeError(f"{cls.__name__}.reference must be a tuple of module names, got {cls.reference!r}")
+    expected_module = _module_for(assignment)
+    if cls.__module__.startswith("lmlib.grading.checks.") and cls.__module__ != expected_module:
+        # checks of an assignment live in one module so get_check can find them lazily
+        raise ValueError(f"check {cls.id!r} must be defined in {expected_module}, not {cls.__module__}")
+    old = _REGISTRY.get(cls.id)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"check id {cls.id!r} is registered twice: {old.__module__}.{old.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+    _REGISTRY[cls.id] = cls
+    return cls
+
+
+def get_check(check_id: str) -> Check:
+    """An instance of the check registered under ``check_id`` (imports its module lazily).
+
+    Raises ``KeyError`` naming the id if no such check exists.
+    """
+    assignment = assignment_of(check_id)
+    if check_id not in _REGISTRY:
+        try:
+            importlib.import_module(_module_for(assignment))
+        except ModuleNotFoundError as exc:
+            if exc.name != _module_for(assignment):
+                raise
+            raise KeyError(f"unknown check {check_id!r}: there are no checks for assignment {assignment!r}") from None
+    try:
+        return _REGISTRY[check_id]()
+    except KeyError:
+        raise KeyError(f"unknown check {check_id!r}; known for {assignment}: {sorted(k for k in _REGISTRY if k.startswith(assignment + '/'))}") from None
+
+
+def registered_checks(assignment: str | None = None) -> dict[str, type[Check]]:
+    """All registered checks (importing every ``lmlib.grading.checks.a*`` module), sorted by
+    id; only those of ``assignment`` if given."""
+    from . import checks as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if re.match(r"^a\d\d_", info.name):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    return {
+        k: _REGISTRY[k]
+        for k in sorted(_REGISTRY)
+        if assignment is None or k.startswith(assignment + "/")
+    }
+
+
+def reference_modules(assignment: str) -> tuple[str, ...]:
+    """The lmlib modules graded by ``assignment`` (union of its checks' ``reference``)."""
+    mods = {m for cls in registered_checks(assignment).values() for m in cls.reference}
+    return tuple(sorted(mods))
+
+
+# ----------------------------------------------------------------------------- inputs / results
+
+
+def seed_for(check_id: str, secret: str | None = None) -> int:
+    """The RNG seed of a check: sha256 of ``"<secret>\\0<check_id>"`` (63 bits).
+
+    ``secret=None`` reads ``$LMLIB_GRADING_SECRET`` (unset -> ``""``, the stable seed that
+    students see in local mode). The grader sets a secret so hidden inputs are unknown.
+    """
+    safe_id(check_id)
+    if secret is None:
+        secret = os.environ.get(SECRET_ENV, "")
+    digest = hashlib.sha256(f"{secret}\0{check_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generate_inputs(check_id: str, secret: str | None = None) -> dict[str, PlainData]:
+    """``get_check(check_id).make_inputs(np.random.default_rng(seed_for(check_id, secret)))``,
+    validated as plain data (arrays converted to bool/int64/float64)."""
+    chk = get_check(check_id)
+    inputs = chk.make_inputs(np.random.default_rng(seed_for(check_id, secret)))
+    if type(inputs) is not dict:
+        raise TypeError(f"{check_id}: make_inputs must return a dict, got {type(inputs).__name__}")
+    plain = to_plain(inputs, _what=f"{check_id} inputs")
+    validate_plain(plain)
+    return plain
+
+
+def write_inputs(io_dir: str | os.PathLike, check_id: str, inputs: dict[str, PlainData]) -> Path:
+    """Write ``inputs`` to ``<io_dir>/inputs/<safe_id>.json`` (trusted grader, before execution)."""
+    return dump_plain(inputs, Path(io_dir) / "inputs", safe_id(check_id))
+
+
+def read_inputs(io_dir: str | os.PathLike, check_id: str) -> dict[str, PlainData]:
+    """Read ``<io_dir>/inputs/<safe_id>.json``; ``FileNotFoundError`` if absent."""
+    data = load_plain(Path(io_dir) / "inputs" / f"{safe_id(check_id)}.json")
+    if type(data) is not dict:
+        raise PlainDataError(f"inputs of {check_id} must be a dict")
+    return data
+
+
+def _check_nonce(nonce: Any) -> str:
+    if type(nonce) is not str or not _NONCE.match(nonce):
+        raise ValueError(f"nonce must be 16-128 lower-case hex digits, got {nonce!r}")
+    return nonce
+
+
+def result_path(io_dir: str | os.PathLike, check_id: str, nonce: str) -> Path:
+    """``<io_dir>/results/<safe_id>.<nonce>.json``."""
+    return Path(io_dir) / "results" / f"{safe_id(check_id)}.{_check_nonce(nonce)}.json"
+
+
+_RESULT_KEYS = {"id", "nonce", "status", "error", "output"}
+
+
+def read_result(io_dir: str | os.PathLike, check_id: str, nonce: str) -> dict[str, Any] | None:
+    """Load and validate the result that test cell's ``check(check_id, ..., _nonce=nonce)`` wrote.
+
+    Returns ``None`` if there is no such file (the test cell did not run), else a dict with
+    exactly ``id`` (== check_id), ``nonce`` (== nonce), ``status`` (``"ok"``/``"error"``),
+    ``error`` (str, or None when ok) and ``output`` (plain data; None when error).
+    Raises ``PlainDataError`` if the file is malformed, unsafe or inconsistent.
+    """
+    path = result_path(io_dir, check_id, nonce)
+    try:
+        data = load_plain(path)
+    except FileNotFoundError:
+        return None
+    if type(data) is not dict or set(data) != _RESULT_KEYS:
+        raise PlainDataError(f"{path.name}: a result must be a dict with keys {sorted(_RESULT_KEYS)}")
+    if data["id"] != check_id or data["nonce"] != nonce:
+        raise PlainDataError(f"{path.name}: id/nonce inside the file do not match its name")
+    if data["status"] == "ok":
+        if data["error"] is not None:
+            raise PlainDataError(f"{path.name}: status ok with an error")
+    elif data["status"] == "error":
+        if type(data["error"]) is not str:
+            raise PlainDataError(f"{path.name}: status error without an error message")
+    else:
+        raise PlainDataError(f"{path.name}: status must be 'ok' or 'error', got {data['status']!r}")
+    return data
+
+
+def evaluate(check_id: str, inputs: dict[str, PlainData], result: dict[str, Any] | None) -> tuple[bool, str]:
+    """Trusted verdict on one result (as returned by :func:`read_result`): ``(passed, message)``.
+
+    Missing result -> "did not run"; status error -> the recorded error; else ``expected``
+    then ``compare``. Any exception inside expected/compare (e.g. on a malformed output)
+    fails the check with its message rather than propagating.
+    """
+    if result is None:
+        return False, f"{check_id}: did not run (its test cell was not executed or was changed)"
+    if result["status"] != "ok":
+        return False, f"{check_id}: your code raised an error: {result['error']}"
+    chk = get_check(check_id)
+    exp = chk.expected(inputs)
+    try:
+        ok, msg = chk.compare(result["output"], to_plain(exp, _what="expected"), inputs)
+    except Exception as exc:  # noqa: BLE001 - a malformed output must fail, not crash the grader
+        return False, f"{check_id}: your answer has the wrong structure ({type(exc).__name__}: {exc})"
+    if ok:
+        return True, f"{check_id}: passed"
+    text = f"{check_id}: {msg}"
+    if chk.hint:
+        text += f" Hint: {chk.hint}"
+    return False, text
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _numeric_leaf(x: Any) -> bool:
+    return type(x) in (bool, int, float) or type(x) is np.ndarray
+
+
+def _describe(x: Any) -> str:
+    t = type(x)
+    if t is np.ndarray:
+        return f"an array of shape {tuple(x.shape)} and dtype {x.dtype}"
+    if t is list:
+        return f"a list of length {len(x)}"
+    if t is dict:
+        return f"a dict with keys {sorted(x)[:10]}"
+    if x is None:
+        return "None"
+    return f"a {t.__name__} ({x!r})" if t is not str else f"a str ({x[:60]!r})"
+
+
+def _kind(a: np.ndarray) -> str:
+    return {"b": "bool", "i": "integer", "u": "integer", "f": "float"}.get(a.dtype.kind, str(a.dtype))
+
+
+def compare_plain(
+    got: PlainData,
+    expected: PlainData,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    path: str = "",
+) -> tuple[bool, str]:
+    """The default comparison: same structure, then same shapes, dtype kinds and values.
+
+    * ``dict``: same keys; ``list``: same length; ``str``/``None``: equal;
+    * numbers (bool/int/float and arrays): same shape (a Python scalar has shape ``()``);
+      expected bool -> got must be bool; expected int -> got must be integer; expected float
+      -> got may be float or integer; values ``np.allclose(got, expected, rtol, atol)`` with
+      NaN equal to NaN and ``inf`` equal to ``inf`` of the same sign.
+
+    Returns ``(True, "")`` or ``(False, message)``; the message names where (``[2]['p']``),
+    both shapes for a shape mismatch, and the largest absolute error with its index for a
+    value mismatch.
+    """
+    where = f" at {path}" if path else ""
+    if _numeric_leaf(expected):
+        if not _numeric_leaf(got):
+            return False, f"expected a number or tensor{where}, got {_describe(got)}"
+        g, e = np.asarray(got), np.asarray(expected)
+        if g.shape != e.shape:
+            return False, f"wrong shape{where}: expected shape {tuple(e.shape)}, got shape {tuple(g.shape)}"
+        ke, kg = _kind(e), _kind(g)
+        if ke == "bool" and kg != "bool":
+            return False, f"expected bool values{where}, got {kg} values"
+        if ke == "integer" and kg != "integer":
+            return False, f"expected integer values{where}, got {kg} values"
+        if ke == "float" and kg not in ("float", "integer"):
+            return False, f"expected float values{where}, got {kg} values"
+        if ke == "bool":
+            bad = g != e
+        else:
+            ge, ee = g.astype(np.float64), e.astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                close = np.isclose(ge, ee, rtol=rtol, atol=atol, equal_nan=True)
+            bad = ~close
+        if not np.any(bad):
+            return True, ""
+        n_bad = int(np.count_nonzero(bad))
+        if e.shape == ():
+            return False, f"wrong value{where}: expected {e.item()!r}, got {g.item()!r}"
+        if ke == "bool":
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            return False, (f"{n_bad} of {e.size} values differ{where}; first at index {idx}: "
+                           f"expected {e[idx].item()!r}, got {g[idx].item()!r}")
+        ge, ee = g.astype(np.float64), e.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(ge - ee)
+        err = np.where(bad, np.nan_to_num(err, nan=np.inf, posinf=np.inf), 0.0)
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), e.shape))
+        return False, (f"{n_bad} of {e.size} values differ{where} (rtol={rtol:g}, atol={atol:g}); "
+                       f"max abs error {err[idx]:.4g} at index {idx}: expected {ee[idx]:.6g}, got {ge[idx]:.6g}")
+    if type(expected) is list:
+        if type(got) is not list:
+            return False, f"expected a list of length {len(expected)}{where}, got {_describe(got)}"
+        if len(got) != len(expected):
+            return False, f"wrong length{where}: expected {len(expected)} items, got {len(got)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            ok, msg = compare_plain(g, e, rtol=rtol, atol=atol, path=f"{path}[{i}]")
+            if not ok:
+                return ok, msg
+        return True, ""
+    if type(expected) is dict:
+        if type(got) is not dict:
+            return False, f"expected a dict{where}, got {_describe(got)}"
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing[:10]}")
+            if extra:
+                parts.append(f"unexpected keys {extra[:10]}")
+            return False, f"wrong keys{where}: " + ", ".join(parts)
+        for k in expected:
+            ok, msg = compare_plain(got[k], expected[k], rtol=rtol, atol=atol, path=f"{path}[{k!r}]")
+            if not ok:
+                return ok, msg
+        return True, ""
+    if type(expected) is str or expected is None:
+        if type(got) is not type(expected) or got != expected:
+            return False, f"expected {_describe(expected)}{where}, got {_describe(got)}"
+        return True, ""
+    raise TypeError(f"expected{where} is not plain data: {type(expected).__name__}")
+
+
+# ----------------------------------------------------------------------------- helpers for run()
+
+
+def as_tensor(x: Any, dtype: Any = None, device: Any = None):
+    """Plain input -> ``torch.Tensor`` on ``device`` (default ``lmlib.device.get_device()``).
+
+    Float arrays become float32 on MPS (no float64 there) and float64 elsewhere unless
+    ``dtype`` is given; int arrays become int64, bool arrays bool.
+    """
+    import torch
+
+    from lmlib.device import get_device
+
+    dev = get_device() if device is None else torch.device(device)
+    arr = np.asarray(x)
+    if dtype is None:
+        if arr.dtype.kind == "f":
+            dtype = torch.float32 if dev.type == "mps" else torch.float64
+        elif arr.dtype.kind in "iu":
+            dtype = torch.int64
+        elif arr.dtype.kind == "b":
+            dtype = torch.bool
+    return torch.tensor(arr, dtype=dtype, device=dev)
+
+
+# ----------------------------------------------------------------------------- check()
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 20] + " ...[truncated]"
+
+
+def _check_local(check_id: str, answer: Any) -> None:
+    chk = get_check(check_id)
+    inputs = generate_inputs(check_id, secret="")
+    try:
+        # a copy: an answer that mutates its inputs must not change the expected value
+        got = chk.run(answer, copy.deepcopy(inputs))
+    except Exception as exc:
+        exc.add_note(f"(raised while checking {check_id})")
+        raise
+    try:
+        got = to_plain(got)
+        validate_plain(got)
+    except (TypeError, PlainDataError) as exc:
+        raise AssertionError(f"{check_id}: {exc}") from None
+    ok, msg = evaluate(check_id, inputs, {"id": check_id, "nonce": None, "status": "ok", "error": None, "output": got})
+    if not ok:
+        raise AssertionError(msg)
+    print(f"✓ {check_id}")
+
+
+def _check_grading(io_dir: str, check_id: str, answer: Any, nonce: Any) -> None:
+    try:
+        nonce = _check_nonce(nonce)
+    except ValueError:
+        print(f"{check_id}: not recorded (this call is not part of a graded test cell)")
+        return
+    sid = safe_id(check_id)
+    status, error, output = "ok", None, None
+    try:
+        chk = get_check(check_id)
+        inputs = read_inputs(io_dir, check_id)
+        output = to_plain(chk.run(answer, inputs))
+        validate_plain(output)
+    except BaseException as exc:  # noqa: BLE001 - student code may raise anything (even SystemExit)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        status, output = "error", None
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" (line {tb[-1].lineno} of {Path(tb[-1].filename).name})" if tb else ""
+        error = _short(f"{type(exc).__name__}: {exc}{where}")
+    result = {"id": check_id, "nonce": nonce, "status": status, "error": error, "output": output}
+    try:
+        dump_plain(result, Path(io_dir) / "results", f"{sid}.{nonce}")
+    except (TypeError, PlainDataError, OSError) as exc:
+        result = {"id": check_id, "nonce": nonce, "status": "error", "error": _short(f"could not record the answer: {exc}"), "output": None}
+        dump_plain(result, Path(io_dir) / "results", f"{sid}.{nonce}")
+    print(f"recorded {check_id}" if status == "ok" else f"recorded {check_id}: {error}")
+
+
+def check(check_id: str, answer: Any, *, _nonce: str | None = None) -> None:
+    """Check ``answer`` (a function or class from an answer cell) against check ``check_id``.
+
+    Local mode (default): prints ``✓ <id>`` or raises ``AssertionError("<id>: <message>")``;
+    an exception raised by ``answer`` propagates with a note naming the check.
+    Grading mode (``$LMLIB_GRADING_IO`` set): records the answer's output for the trusted
+    grader and prints ``recorded <id>``; never says whether it is right.
+    ``_nonce`` is added by the grader; do not pass it yourself.
+    """
+    assignment_of(check_id)
+    io_dir = os.environ.get(GRADING_IO_ENV)
+    if io_dir:
+        _check_grading(io_dir, check_id, answer, _nonce)
+    else:
+        _check_local(check_id, answer)
