@@ -547,6 +547,40 @@ class BPETokenizer:
         """Number of ids: 256 bytes + merged tokens + special tokens."""
         return len(self.vocab) + len(self.special_tokens)
 
+    @classmethod
+    def from_hf(cls, hf: "tokenizers.Tokenizer", *, pattern: str = GPT2_PATTERN) -> "BPETokenizer":
+        """Rebuild a byte-level BPE from a ``tokenizers`` model's vocabulary and merges.
+
+        The merges are replayed in order (their rank) in this class's id space (bytes are
+        0-255, so the ids differ from ``hf``'s; compare tokens by their bytes). Tokens that
+        ``hf`` marks as special become special tokens. Chapter 3.1 uses it to show that the
+        from-scratch encoder reproduces SmolLM2's tokenization.
+
+        Args:
+            hf: a ``tokenizers.Tokenizer`` (or a ``transformers`` fast tokenizer, whose
+                ``backend_tokenizer`` is used) with a BPE model over GPT-2 byte characters.
+            pattern: the pre-tokenization regex ``hf`` uses (GPT-2's by default).
+        """
+        hf = getattr(hf, "backend_tokenizer", hf)
+        if not hasattr(hf, "to_str"):
+            raise TypeError(f"hf must be a tokenizers.Tokenizer, got {type(hf).__name__}")
+        data = json.loads(hf.to_str())
+        model = data.get("model", {})
+        if model.get("type") != "BPE":
+            raise ValueError(f"hf must have a BPE model; got {model.get('type')!r}")
+        specials = [t["content"] for t in data.get("added_tokens", []) if t.get("special")]
+        ids = {bytes([b]): b for b in range(256)}
+        merges: list[tuple[tuple[int, int], int]] = []
+        for n, m in enumerate(model["merges"]):
+            a, b = m.split(" ") if isinstance(m, str) else m
+            try:
+                ba, bb = bytes(_CHAR_BYTE[c] for c in a), bytes(_CHAR_BYTE[c] for c in b)
+            except KeyError as exc:
+                raise ValueError(f"merge {n} ({a!r}, {b!r}) is not written in byte-level characters") from exc
+            new = ids.setdefault(ba + bb, len(ids))
+            merges.append(((ids[ba], ids[bb]), new))
+        return cls(merges, pattern=pattern, special_tokens=specials)
+
     # ------------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike[str]) -> None:

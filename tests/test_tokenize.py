@@ -347,3 +347,22 @@ def test_bridge_bad_input() -> None:
         train_hf_bpe("abc", "300")
     with pytest.raises(TypeError, match="found bytes"):
         train_hf_bpe([b"abc"], 300)
+
+
+def test_from_hf_replays_tokenizers_merges(corpus) -> None:
+    hf = train_hf_bpe(corpus, 700, special_tokens=["<|endoftext|>"])
+    ours = BPETokenizer.from_hf(hf)
+    assert len(ours.merges) == len(_hf_merges(hf)) and list(ours.special_tokens) == ["<|endoftext|>"]
+    for text in VARIED + [corpus[-2000:]]:
+        assert [_printable(ours, i) for i in ours.encode(text)] == hf.encode(text).tokens
+
+
+def test_from_hf_bad_input() -> None:
+    from tokenizers import Tokenizer, models
+
+    with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
+        BPETokenizer.from_hf("gpt2")
+    with pytest.raises(ValueError, match="BPE model; got 'WordLevel'"):
+        BPETokenizer.from_hf(Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
+    with pytest.raises(ValueError, match="byte-level characters"):
+        BPETokenizer.from_hf(Tokenizer(models.BPE({"a": 0, " ": 1, "a ": 2}, [("a", " ")])))
