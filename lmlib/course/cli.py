@@ -1,0 +1,34 @@
+"""Command line of the course tooling: ``python -m lmlib.course`` (also installed as ``lmcourse``).
+
+    python -m lmlib.course release [ASSIGNMENT ...]        regenerate exercises/ and the LMS zips
+    python -m lmlib.course grade ASSIGNMENT SUBMISSIONS ... grade a batch (see the instructor guide)
+
+Each subcommand's own options: ``python -m lmlib.course <command> --help``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = __doc__.strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to ``lmlib.course.release.main`` or ``lmlib.course.grade.main`` (imported
+    lazily, so ``release`` works without the grading pipeline's dependencies)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "release":
+        from .release import main as release_main
+
+        return int(release_main(rest) or 0)
+    if command == "grade":
+        from .grade import main as grade_main
+
+        return int(grade_main(rest) or 0)
+    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
