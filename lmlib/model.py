@@ -82,6 +82,9 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
+        # check token ids against the vocabulary in forward (one device sync per call);
+        # lmlib.train checks the whole data set once and switches this off while training
+        self.check_token_ids = True
         c = config
         self.transformer = nn.ModuleDict(
             dict(
@@ -150,7 +153,7 @@ class GPT(nn.Module):
             if targets.shape != idx.shape:
                 raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
         # value checks need the data (a GPU sync); skipped while torch.compile traces
-        if not torch.compiler.is_compiling():
+        if self.check_token_ids and not torch.compiler.is_compiling():
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= c.vocab_size:
                 bad = lo if lo < 0 else hi
