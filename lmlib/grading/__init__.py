@@ -26,7 +26,7 @@ from .core import (
     seed_for,
     write_inputs,
 )
-from .plain import PlainData, PlainDataError, dump_plain, load_plain, to_plain
+from .plain import NotPlainError, PlainData, PlainDataError, dump_plain, load_plain, to_plain
 
 __all__ = [
     "check",
@@ -41,6 +41,7 @@ __all__ = [
     "load_plain",
     "PlainData",
     "PlainDataError",
+    "NotPlainError",
     "compare_plain",
     "evaluate",
     "generate_inputs",

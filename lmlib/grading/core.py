@@ -63,7 +63,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .plain import PlainData, PlainDataError, dump_plain, load_plain, to_plain, validate_plain
+from .plain import NotPlainError, PlainData, PlainDataError, dump_plain, load_plain, to_plain, validate_plain
 
 __all__ = [
     "Check",
@@ -488,6 +488,8 @@ def _check_local(check_id: str, answer: Any) -> None:
     try:
         # a copy: an answer that mutates its inputs must not change the expected value
         got = chk.run(answer, copy.deepcopy(inputs))
+    except (NotPlainError, PlainDataError) as exc:  # the answer returned something ungradable
+        raise AssertionError(f"{check_id}: {exc}") from None
     except Exception as exc:
         exc.add_note(f"(raised while checking {check_id})")
         raise

@@ -105,6 +105,9 @@ def test_cells(nb: Any) -> list[NbgraderCell]:
     return [c for c in nbgrader_cells(nb) if c.is_test]
 
 
+test_cells.__test__ = False  # not a pytest test when imported into a test module
+
+
 def solution_cells(nb: Any) -> list[NbgraderCell]:
     """The answer cells of ``nb`` ("autograded answer" and manually graded answers)."""
     return [c for c in nbgrader_cells(nb) if c.solution]

@@ -46,6 +46,7 @@ import numpy as np
 __all__ = [
     "PlainData",
     "PlainDataError",
+    "NotPlainError",
     "to_plain",
     "validate_plain",
     "dump_plain",
@@ -93,6 +94,10 @@ class PlainDataError(ValueError):
     """A value is not valid plain data, or a plain-data file is malformed or too large."""
 
 
+class NotPlainError(TypeError):
+    """A value of a type that is not plain data (a subclass, an arbitrary object, ...)."""
+
+
 # ----------------------------------------------------------------------------- to_plain
 
 
@@ -107,7 +112,7 @@ def _array_to_plain(a: np.ndarray, what: str) -> np.ndarray:
     elif kind == "f":
         out = np.array(a, dtype=np.float64, copy=True, order="C")
     else:
-        raise TypeError(
+        raise NotPlainError(
             f"{what}: arrays must have a bool, integer or floating dtype, got dtype {a.dtype} "
             "(complex, object, string and structured arrays are not plain data)"
         )
@@ -122,11 +127,11 @@ def _tensor_to_plain(x: Any, what: str) -> np.ndarray:
     if x.layout != torch.strided:
         x = x.to_dense()
     if x.is_quantized:
-        raise TypeError(f"{what}: quantized tensors are not plain data; dequantize() first")
+        raise NotPlainError(f"{what}: quantized tensors are not plain data; dequantize() first")
     if x.device.type == "meta":
-        raise TypeError(f"{what}: a tensor on the 'meta' device has no values")
+        raise NotPlainError(f"{what}: a tensor on the 'meta' device has no values")
     if x.is_complex():
-        raise TypeError(f"{what}: complex tensors are not plain data, got dtype {x.dtype}")
+        raise NotPlainError(f"{what}: complex tensors are not plain data, got dtype {x.dtype}")
     t = x.detach().resolve_conj().resolve_neg().to("cpu")
     if t.dtype == torch.bool:
         t = t.to(torch.bool)
@@ -184,7 +189,7 @@ def to_plain(x: Any, *, _what: str = "answer", _depth: int = 0) -> PlainData:
         out: dict[str, PlainData] = {}
         for k, v in x.items():
             if type(k) is not str:
-                raise TypeError(f"{_what}: dict keys must be str, got a key of type {type(k).__name__}")
+                raise NotPlainError(f"{_what}: dict keys must be str, got a key of type {type(k).__name__}")
             if k in _RESERVED:
                 raise PlainDataError(f"{_what}: dict key {k!r} is reserved")
             out[k] = to_plain(v, _what=f"{_what}[{k!r}]", _depth=_depth + 1)
@@ -195,7 +200,7 @@ def to_plain(x: Any, *, _what: str = "answer", _depth: int = 0) -> PlainData:
         return to_plain(_NP_SCALARS[t](x.item()), _what=_what, _depth=_depth)
     if _is_tensor_type(t):
         return _tensor_to_plain(x, _what)
-    raise TypeError(
+    raise NotPlainError(
         f"{_what}: values of type {t.__module__}.{t.__qualname__} cannot be graded; return a "
         "torch.Tensor, numpy array, float, int, bool, str, list, tuple or dict (exact types, "
         "not subclasses)"
@@ -234,14 +239,14 @@ def validate_plain(obj: Any, *, _what: str = "value") -> None:
                 raise PlainDataError(f"{what}: more than {MAX_LIST_ITEMS} list/dict items")
             for k, v in x.items():
                 if type(k) is not str:
-                    raise TypeError(f"{what}: dict keys must be str, got {type(k).__name__}")
+                    raise NotPlainError(f"{what}: dict keys must be str, got {type(k).__name__}")
                 if k in _RESERVED:
                     raise PlainDataError(f"{what}: dict key {k!r} is reserved")
                 walk(v, f"{what}[{k!r}]", depth + 1)
             return
         if t is np.ndarray:
             if x.dtype not in (np.dtype(np.bool_), np.dtype(np.int64), np.dtype(np.float64)):
-                raise TypeError(f"{what}: plain arrays have dtype bool, int64 or float64, got {x.dtype}")
+                raise NotPlainError(f"{what}: plain arrays have dtype bool, int64 or float64, got {x.dtype}")
             counts["arrays"] += 1
             counts["bytes"] += x.nbytes
             if counts["arrays"] > MAX_ARRAYS:
@@ -249,7 +254,7 @@ def validate_plain(obj: Any, *, _what: str = "value") -> None:
             if x.nbytes > MAX_ARRAY_BYTES or counts["bytes"] > MAX_TOTAL_BYTES:
                 raise PlainDataError(f"{what}: arrays larger than the limit ({MAX_ARRAY_BYTES} bytes each, {MAX_TOTAL_BYTES} in all)")
             return
-        raise TypeError(f"{what}: {t.__module__}.{t.__qualname__} is not plain data")
+        raise NotPlainError(f"{what}: {t.__module__}.{t.__qualname__} is not plain data")
 
     walk(obj, _what, 0)
 
