@@ -648,6 +648,13 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
             ec = ev.get("execution_count")
             executed["cells"][idx]["execution_count"] = ec if isinstance(ec, int) else None
     # trusted scoring
+    index_of = {}
+    for i, cell in enumerate(rebuilt.nb["cells"]):
+        meta = _nbmeta(cell)
+        if meta and meta["grade_id"] not in index_of:
+            index_of[meta["grade_id"]] = i
+    # a cell (answer or not) that failed on the hidden reference: name it in the messages
+    ref_errors = [i for i, ev in done_cells.items() if REFERENCE_HIDDEN in str(ev.get("error") or "")]
     parts: list[PartResult] = []
     for t in spec.tests:
         part = PartResult(t.grade_id, 0.0, t.points)
@@ -666,7 +673,20 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
                 continue
             if result is None:
                 ok_all = False
-                why = f" ({stop_reason})" if stop_reason else " (the test cell did not call it)"
+                idx = index_of.get(t.grade_id, -1)
+                ev = done_cells.get(idx)
+                earlier_ref = [i for i in ref_errors if i <= idx]
+                if earlier_ref:
+                    why = (f" (cell {earlier_ref[0]} used lmlib's reference implementation, which is not "
+                           "available while grading)")
+                elif ev is not None and ev.get("status") == "error":
+                    why = f" (the test cell raised {ev.get('error')})"
+                elif ev is not None and ev.get("status") in ("timeout", "dead"):
+                    why = f" ({stop_reason})" if stop_reason else f" ({ev.get('error')})"
+                elif ev is None and stop_reason:
+                    why = f" ({stop_reason})"
+                else:
+                    why = " (the test cell ran but this check recorded nothing: was `check` redefined?)"
                 part.messages.append(f"{cid}: did not run{why}")
                 continue
             if result["status"] == "error" and REFERENCE_HIDDEN in str(result.get("error")):
