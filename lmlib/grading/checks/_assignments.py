@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["device", "tensor", "seed_from", "close", "require_shape"]
+__all__ = ["device", "tensor", "close"]
 
 
 def device() -> Any:
@@ -38,19 +38,6 @@ def tensor(a: Any, dtype: Any = None, *, on_device: bool = True) -> Any:
     if dtype is not None:
         t = t.to(dtype)
     return t.to(device()) if on_device else t
-
-
-def seed_from(rng: np.random.Generator) -> int:
-    """An int seed drawn from the check's generator (for torch generators / model init)."""
-    return int(rng.integers(0, 2**31 - 1))
-
-
-def require_shape(got: Any, shape: tuple[int, ...], what: str) -> tuple[bool, str]:
-    if not isinstance(got, np.ndarray):
-        return False, f"{what} should be a tensor of shape {shape}, got {type(got).__name__}"
-    if tuple(got.shape) != tuple(shape):
-        return False, f"{what} should have shape {tuple(shape)}, got {tuple(got.shape)}"
-    return True, ""
 
 
 def close(got: Any, expected: Any, *, rtol: float = 1e-4, atol: float = 1e-5, what: str = "result") -> tuple[bool, str]:
@@ -77,3 +64,9 @@ def close(got: Any, expected: Any, *, rtol: float = 1e-4, atol: float = 1e-5, wh
             f"first at index {idx}: got {g[idx]:.6g}, expected {exp[idx]:.6g}"
         )
     return True, ""
+
+
+#: The helpers that run in the student's kernel (``Check.run``). The grading sandbox strips
+#: every check-module function that no module-level statement or ``run``/``compare`` method
+#: refers to (so students cannot call trusted helpers); this tuple keeps these two.
+STUDENT_SIDE = (device, tensor)
