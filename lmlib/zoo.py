@@ -17,6 +17,7 @@ The same mechanism caches chapter 6's sentiment classifier head (:func:`sentimen
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as _dt
 import hashlib
 import json
@@ -34,15 +35,14 @@ from lmlib._cache import cache_dir, file_lock, sha256_file
 
 __all__ = [
     "CheckpointError",
-    "CPU_GPT_CONFIG",
-    "CPU_TRAIN_CONFIG",
+    "default_char_gpt_recipe",
+    "history_of",
     "cache_key",
     "save_checkpoint",
     "load_checkpoint",
     "cached_artifact",
     "corpus_digest",
     "pretrained_char_gpt",
-    "sentiment_head",
 ]
 
 #: bump when the checkpoint layout changes: old files are then retrained, not misread
@@ -87,6 +87,7 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def corpus_digest() -> str:
     """sha256 of the Shakespeare train and val texts (what the char GPT is trained on)."""
     from lmlib.data import shakespeare_text
@@ -210,8 +211,129 @@ def cached_artifact(
 
 # --------------------------------------------------------------------------- the char GPT
 
-from lmlib.model import GPTConfig  # noqa: E402  (kept below the generic helpers on purpose)
 
-#: the CPU recipe of chapter 5.2 (placeholder until benchmarks/train_gpt.py --preset cpu lands)
-CPU_GPT_CONFIG = GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
-CPU_TRAIN_CONFIG = None
+def _cpu_recipe():
+    from lmlib.train import PRESETS
+
+    return PRESETS["cpu"]
+
+
+def default_char_gpt_recipe(vocab_size: int = 84):
+    """``(GPTConfig, TrainConfig)`` of chapter 5.2's CPU recipe (``lmlib.train`` preset ``"cpu"``).
+
+    Progress bars are off (the book hides stderr anyway) and checkpoints are handled here,
+    not by ``lmlib.train``.
+    """
+    from lmlib.train import preset
+
+    return preset("cpu", vocab_size, progress=False, out_dir=None)
+
+
+@functools.lru_cache(maxsize=1)
+def _char_data():
+    from lmlib.data import shakespeare_text
+    from lmlib.tokenize import CharTokenizer
+
+    tr, va = shakespeare_text("train"), shakespeare_text("val")
+    tok = CharTokenizer.from_text(tr + va)
+    return tok, torch.tensor(tok.encode(tr), dtype=torch.long), torch.tensor(tok.encode(va), dtype=torch.long)
+
+
+def pretrained_char_gpt(
+    train_if_missing: bool = True,
+    *,
+    gpt_config: Any = None,
+    train_config: Any = None,
+    seed: int = 0,
+    path: str | os.PathLike[str] | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The character-level Shakespeare GPT of chapter 5.2, loaded from the cache or trained.
+
+    Args:
+        train_if_missing: train (and cache) the model when no checkpoint made by this exact
+            recipe exists; if False, raise instead.
+        gpt_config, train_config: the recipe (``lmlib.model.GPTConfig``,
+            ``lmlib.train.TrainConfig``); default :func:`default_char_gpt_recipe` (the CPU
+            recipe, about 0.8M parameters).
+        seed: seeds the model's initialisation (``TrainConfig.seed`` seeds batches/dropout).
+        path: checkpoint file; default ``<cache>/checkpoints/gpt-char-cpu.pt``.
+    Returns:
+        ``(model, tokenizer, info)``: the ``GPT`` in eval mode on the CPU, the
+        ``CharTokenizer`` (train + val characters, V = 84), and a dict with ``source``
+        (``"cache"`` or ``"trained"``), ``reason`` (why it was trained), ``path``, ``key``,
+        ``trained_at`` (UTC ISO time of the training run), ``train_seconds``,
+        ``final_val_loss`` (nats/char), ``tokens_per_sec``, ``device``, ``torch``,
+        ``threads``, ``history`` (the ``TrainResult`` fields: losses, evaluations, timings),
+        ``gpt_config`` and ``train_config`` (as dicts).
+    Raises:
+        FileNotFoundError / CheckpointError: no usable checkpoint and ``train_if_missing``
+            is False. TypeError: configs of the wrong type.
+    """
+    from lmlib.model import GPT, GPTConfig
+    from lmlib.train import TrainConfig, TrainResult, train
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    tok, train_ids, val_ids = _char_data()
+    default_g, default_t = default_char_gpt_recipe(tok.vocab_size)
+    gcfg = default_g if gpt_config is None else gpt_config
+    tcfg = default_t if train_config is None else train_config
+    if not isinstance(gcfg, GPTConfig):
+        raise TypeError(f"gpt_config must be an lmlib.model.GPTConfig, got {type(gcfg).__name__}")
+    if not isinstance(tcfg, TrainConfig):
+        raise TypeError(f"train_config must be an lmlib.train.TrainConfig, got {type(tcfg).__name__}")
+    if gcfg.vocab_size != tok.vocab_size:
+        raise ValueError(f"gpt_config.vocab_size must be {tok.vocab_size} (the corpus' characters), got {gcfg.vocab_size}")
+    path = Path(path) if path is not None else cache_dir() / "checkpoints" / "gpt-char-cpu.pt"
+    key = cache_key(
+        kind="char-gpt",
+        gpt_config=gcfg,
+        train_config={k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("progress", "log_interval")},
+        seed=seed,
+        data=corpus_digest(),
+        vocab="".join(tok.chars),
+    )
+
+    def build() -> dict[str, Any]:
+        torch.manual_seed(seed)
+        model = GPT(gcfg)
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        result = train(model, train_ids, val_ids, tcfg)
+        device = str(next(model.parameters()).device)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return {
+            "state_dict": state,
+            "chars": list(tok.chars),
+            "gpt_config": dataclasses.asdict(gcfg),
+            "train_config": dataclasses.asdict(tcfg),
+            "info": {
+                "trained_at": started,
+                "train_seconds": float(result.elapsed),
+                "final_val_loss": float(result.val_losses[-1]) if result.val_losses else float("nan"),
+                "tokens_per_sec": float(result.tokens_per_sec),
+                "device": device,
+                "torch": str(torch.__version__),
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "history": dataclasses.asdict(result),
+            },
+        }
+
+    payload, status = cached_artifact(path, key, build, train_if_missing=train_if_missing)
+    from lmlib.tokenize import CharTokenizer
+
+    model = GPT(GPTConfig(**payload["gpt_config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    info = {**status, "key": key, **payload["info"],
+            "gpt_config": payload["gpt_config"], "train_config": payload["train_config"]}
+    return model, CharTokenizer(payload["chars"]), info
+
+
+def history_of(info: dict[str, Any]) -> Any:
+    """The ``lmlib.train.TrainResult`` stored in ``info["history"]`` (e.g. for ``plot_losses``)."""
+    from lmlib.train import TrainResult
+
+    if not isinstance(info, dict) or "history" not in info:
+        raise ValueError("info must be the dict returned by pretrained_char_gpt (it has a 'history' entry)")
+    return TrainResult(**info["history"])

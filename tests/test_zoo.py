@@ -1,0 +1,182 @@
+"""lmlib.zoo: the checkpoint cache behind chapters 5.2, 5.3, 6 and 8.
+
+The behaviour that matters: a checkpoint is reused only for the exact recipe that made it,
+a changed recipe retrains, and a corrupted file is detected rather than loaded. The
+models here are tiny (two optimizer steps) so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from lmlib.model import GPTConfig
+from lmlib.train import TrainConfig
+from lmlib.zoo import (
+    CheckpointError,
+    cache_key,
+    cached_artifact,
+    history_of,
+    load_checkpoint,
+    pretrained_char_gpt,
+    save_checkpoint,
+)
+
+TINY = GPTConfig(vocab_size=84, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
+TINY_TRAIN = TrainConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=0, eval_iters=1,
+                         device="cpu", progress=False)
+
+
+def _tiny(path, **kw):
+    kw.setdefault("gpt_config", TINY)
+    kw.setdefault("train_config", TINY_TRAIN)
+    return pretrained_char_gpt(path=path, **kw)
+
+
+# --------------------------------------------------------------------------- cache keys
+
+
+def test_cache_key_is_sha256_of_sorted_json() -> None:
+    parts = {"b": [1, 2], "a": {"x": 1.5, "y": None}}
+    expected = hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert cache_key(**parts) == expected
+    assert cache_key(a={"y": None, "x": 1.5}, b=[1, 2]) == expected  # order does not matter
+
+
+def test_cache_key_changes_with_any_field_of_a_config() -> None:
+    base = cache_key(cfg=TINY, seed=0)
+    assert cache_key(cfg=GPTConfig(**{**vars(TINY), "n_embd": 16}), seed=0) != base
+    assert cache_key(cfg=GPTConfig(**{**vars(TINY), "dropout": 0.1}), seed=0) != base
+    assert cache_key(cfg=TINY, seed=1) != base
+    assert cache_key(cfg=GPTConfig(**vars(TINY)), seed=0) == base  # equal values, equal key
+
+
+def test_cache_key_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        cache_key()
+    with pytest.raises(TypeError, match="object"):
+        cache_key(x=object())
+
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+def test_save_then_load_round_trip(tmp_path) -> None:
+    w = torch.randn(3, 4)
+    path = save_checkpoint(tmp_path / "c.pt", {"w": w, "note": "hi"})
+    data = load_checkpoint(path)
+    assert torch.equal(data["w"], w) and data["note"] == "hi"
+    assert (tmp_path / "c.pt.sha256").read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_corrupted_checkpoint_is_detected(tmp_path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.arange(1000.0)})
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # flip one byte in the middle
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_truncated_checkpoint_and_missing_digest_are_detected(tmp_path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.arange(1000.0)})
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    other = tmp_path / "plain.pt"
+    torch.save({"w": 1}, other)  # no .sha256 next to it
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(other)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_save_checkpoint_bad_input(tmp_path) -> None:
+    with pytest.raises(TypeError, match="payload must be a dict"):
+        save_checkpoint(tmp_path / "c.pt", [1, 2])
+
+
+def test_cached_artifact_builds_once(tmp_path) -> None:
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"w": torch.ones(2)}
+
+    p = tmp_path / "a.pt"
+    _, s1 = cached_artifact(p, "k1", build)
+    _, s2 = cached_artifact(p, "k1", build)
+    assert (s1["source"], s1["reason"], s2["source"]) == ("trained", "missing", "cache")
+    assert len(calls) == 1
+    _, s3 = cached_artifact(p, "k2", build)  # a different recipe
+    assert (s3["source"], s3["reason"]) == ("trained", "recipe changed") and len(calls) == 2
+    with pytest.raises(ValueError, match="key must be a non-empty string"):
+        cached_artifact(p, "", build)
+    with pytest.raises(FileNotFoundError):
+        cached_artifact(tmp_path / "none.pt", "k", build, train_if_missing=False)
+
+
+# --------------------------------------------------------------------------- the char GPT
+
+
+def test_pretrained_char_gpt_trains_then_loads_the_same_weights(tmp_path) -> None:
+    path = tmp_path / "gpt.pt"
+    m1, tok, info1 = _tiny(path)
+    assert info1["source"] == "trained" and info1["reason"] == "missing"
+    assert tok.vocab_size == 84 and path.exists()
+    m2, _, info2 = _tiny(path, train_if_missing=False)
+    assert info2["source"] == "cache" and info2["key"] == info1["key"]
+    x = torch.tensor([tok.encode("ROMEO:\n")])
+    with torch.no_grad():
+        assert torch.equal(m1(x)[0], m2(x)[0])
+    hist = history_of(info2)
+    assert hist.final_step == 2 and len(hist.train_losses) == 2
+
+
+def test_changed_config_retrains(tmp_path) -> None:
+    path = tmp_path / "gpt.pt"
+    _, _, info1 = _tiny(path)
+    wider = GPTConfig(**{**vars(TINY), "n_embd": 16})
+    with pytest.raises(CheckpointError, match="different recipe"):
+        _tiny(path, gpt_config=wider, train_if_missing=False)
+    m, _, info2 = _tiny(path, gpt_config=wider)
+    assert info2["source"] == "trained" and info2["reason"] == "recipe changed"
+    assert info2["key"] != info1["key"] and m.config.n_embd == 16
+    longer = TrainConfig(**{**vars(TINY_TRAIN), "max_steps": 3})
+    _, _, info3 = _tiny(path, gpt_config=wider, train_config=longer)
+    assert info3["source"] == "trained" and info3["reason"] == "recipe changed"
+    _, _, info4 = _tiny(path, gpt_config=wider, train_config=longer, seed=1)
+    assert info4["source"] == "trained"
+
+
+def test_corrupted_gpt_checkpoint_is_retrained_or_refused(tmp_path) -> None:
+    path = tmp_path / "gpt.pt"
+    _tiny(path)
+    raw = bytearray(path.read_bytes())
+    raw[-50] ^= 0x55
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        _tiny(path, train_if_missing=False)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        _, _, info = _tiny(path)
+    assert info["source"] == "trained" and info["reason"].startswith("corrupt")
+    _, _, again = _tiny(path)
+    assert again["source"] == "cache"  # the retrained file is sound
+
+
+def test_pretrained_char_gpt_bad_input(tmp_path) -> None:
+    with pytest.raises(TypeError, match="gpt_config"):
+        _tiny(tmp_path / "g.pt", gpt_config={"n_layer": 1})
+    with pytest.raises(TypeError, match="train_config"):
+        _tiny(tmp_path / "g.pt", train_config="fast")
+    with pytest.raises(ValueError, match="vocab_size must be 84"):
+        _tiny(tmp_path / "g.pt", gpt_config=GPTConfig(**{**vars(TINY), "vocab_size": 65}))
+    with pytest.raises(TypeError, match="seed"):
+        _tiny(tmp_path / "g.pt", seed="0")
+    with pytest.raises(FileNotFoundError):
+        _tiny(tmp_path / "none.pt", train_if_missing=False)
+    with pytest.raises(ValueError, match="history"):
+        history_of({"source": "cache"})
