@@ -106,6 +106,17 @@ def ensure_venv_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bindir, *[p for p in parts if p]])
 
 
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
+def _scratch_gradebook() -> Path:
+    """A throwaway gradebook shared by the releases of this process (creating a gradebook
+    runs alembic in a subprocess, which is slow; the course gradebook is never touched)."""
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="lmlib-release-db-"))
+    return Path(_SCRATCH[0].name) / "release-gradebook.db"
+
+
 def _load_config(root: Path):
     from traitlets.config import Config, PyFileConfigLoader
 
@@ -138,7 +149,7 @@ def generate(assignment: str, out_dir: str | os.PathLike, *, root: str | os.Path
         cfg.CourseDirectory.release_directory = str(Path(tmp) / "out")
         cfg.CourseDirectory.assignment_id = assignment
         # nbgrader's SaveCells always records the cells in a gradebook: use a throwaway one
-        cfg.CourseDirectory.db_url = f"sqlite:///{Path(tmp) / 'release-gradebook.db'}"
+        cfg.CourseDirectory.db_url = f"sqlite:///{_scratch_gradebook()}"
         cfg.GenerateAssignment.force = True
         cfg.GenerateAssignment.create_assignment = True
         coursedir = CourseDirectory(config=cfg)
