@@ -229,6 +229,9 @@ def test_load_plain_size_limits(tmp_path, monkeypatch):
         load_plain(_write(tmp_path, '{"x": {"__npy__": "big.npy"}}', "s.json"))
     with pytest.raises(PlainDataError):
         dump_plain({"x": np.zeros(1000)}, tmp_path / "out", "z")
+    # size is checked before a tensor is copied (an int8 answer would grow 8x as int64)
+    with pytest.raises(PlainDataError, match=r"shape \(1000,\)"):
+        to_plain(torch.zeros(1000, dtype=torch.int8))
 
 
 def test_load_plain_checks_npy_header_before_reading(tmp_path):

@@ -126,6 +126,17 @@ def test_a_drifted_exercise_is_detected(tmp_path, regenerated):
     assert _canonical(edited) != _canonical(regenerated / "01-lm" / "01-lm.ipynb")
 
 
+def test_course_cli_dispatch(capsys):
+    from lmlib.course.cli import main as cli_main
+
+    assert cli_main([]) == 2 and "release" in capsys.readouterr().out
+    assert cli_main(["--help"]) == 0 and "grade ASSIGNMENT" in capsys.readouterr().out
+    assert cli_main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli_main(["release", "--help"])
+    assert info.value.code == 0 and "ASSIGNMENT" in capsys.readouterr().out.upper()
+
+
 def test_release_cli_rejects_unknown_assignment(capsys):
     with pytest.raises(SystemExit):
         release_main(["99-nope"])

@@ -101,7 +101,14 @@ class NotPlainError(TypeError):
 # ----------------------------------------------------------------------------- to_plain
 
 
+def _check_size(n_elements: int, shape: tuple, what: str) -> None:
+    # before any conversion: a huge answer must not be copied to float64 first
+    if n_elements * 8 > MAX_ARRAY_BYTES:
+        raise PlainDataError(f"{what}: array of shape {tuple(shape)} is larger than the {MAX_ARRAY_BYTES}-byte limit")
+
+
 def _array_to_plain(a: np.ndarray, what: str) -> np.ndarray:
+    _check_size(a.size, a.shape, what)
     kind = a.dtype.kind
     if kind == "b":
         out = np.array(a, dtype=np.bool_, copy=True, order="C")
@@ -124,6 +131,7 @@ def _array_to_plain(a: np.ndarray, what: str) -> np.ndarray:
 def _tensor_to_plain(x: Any, what: str) -> np.ndarray:
     import torch  # only reached when x is a tensor, so torch is already imported
 
+    _check_size(x.numel(), tuple(x.shape), what)
     if x.layout != torch.strided:
         x = x.to_dense()
     if x.is_quantized:
