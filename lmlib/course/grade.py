@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 
-from .sandbox import Limits, SandboxUnavailable, check_bwrap, run_sandboxed
+from .sandbox import Limits, SandboxUnavailable, check_bwrap, gpu_devices, run_sandboxed
 
 __all__ = [
     "main",
@@ -88,6 +88,7 @@ class GradeConfig:
     lmlib_stage: Path | None = None  # the sandbox's copy of lmlib (read-only bind)
     data_dir: Path | None = None  # LMLIB_CACHE bound read-only (course data, models)
     keep_scratch: bool = False
+    devices: tuple[str, ...] = ()  # device nodes bound into the sandbox (GPU grading)
 
 
 @dataclass
@@ -616,7 +617,7 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
     res = run_sandboxed([sys.executable, runner, str(cfg.cell_timeout)], scratch=io_dir,
                         staging=work / "staging", ro_binds=binds, env=env, limits=cfg.limits,
                         stdin_data=json.dumps(rebuilt.nb).encode("utf-8"), cwd="/io/work",
-                        on_stdout_line=on_line)
+                        on_stdout_line=on_line, dev_binds=cfg.devices)
     # where did the run stop?
     end = next((e for e in events if e.get("event") == "end"), None)
     began = [e["index"] for e in events if e.get("event") == "begin" and isinstance(e.get("index"), int)]
@@ -844,6 +845,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per notebook (default 1800)")
     p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per process, MiB (0 = none, e.g. with CUDA)")
     p.add_argument("--nproc", type=int, default=256, help="processes+threads per sandbox")
+    p.add_argument("--gpu", choices=("auto", "on", "off"), default="auto",
+                   help="expose the NVIDIA GPU to the sandboxes (auto: if /dev/nvidiactl exists); "
+                        "with a GPU the address-space limit is off (CUDA reserves huge ranges)")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
     p.add_argument("--keep-scratch", action="store_true", help="keep each sandbox's scratch folder (debugging)")
     args = p.parse_args(argv)
@@ -870,14 +874,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     db_url = args.db_url or _default_db(out)
     stage = stage_lmlib(out / ".work" / f"lmlib-{a}", a, spec.reference)
     data_dir = Path(os.environ["LMLIB_CACHE"]) if os.environ.get("LMLIB_CACHE") else None
-    limits = Limits(memory_mb=args.memory_mb or None, nproc=args.nproc, wall_s=args.timeout,
-                    cpu_s=int(max(args.timeout, 60)))
+    devices = tuple(gpu_devices()) if args.gpu == "on" or (args.gpu == "auto" and os.path.exists("/dev/nvidiactl")) else ()
+    if args.gpu == "on" and not devices:
+        print("error: --gpu on but no /dev/nvidia* device nodes here", file=sys.stderr)
+        return 2
+    limits = Limits(memory_mb=(args.memory_mb or None) if not devices else None, nproc=args.nproc,
+                    wall_s=args.timeout, cpu_s=int(max(args.timeout, 60)))
     cfg = GradeConfig(assignment=a, source=source, out=out, db_url=db_url,
                       secret=os.environ.get("LMLIB_GRADING_SECRET") or secrets.token_hex(16),
                       cell_timeout=args.cell_timeout, limits=limits, lmlib_stage=stage.resolve(),
-                      data_dir=data_dir, keep_scratch=args.keep_scratch)
+                      data_dir=data_dir, keep_scratch=args.keep_scratch, devices=devices)
     subs = collect_submissions(args.submissions, a, out / ".work" / f"collect-{a}")
-    print(f"grading {len(subs)} submission(s) of {a} with {args.workers} worker(s); max score {spec.max_score:g}")
+    print(f"grading {len(subs)} submission(s) of {a} with {args.workers} worker(s); max score {spec.max_score:g}"
+          + (f"; GPU devices {', '.join(devices)}" if devices else ""))
     results: list[SubmissionResult] = []
     t0 = time.monotonic()
     try:

@@ -49,6 +49,7 @@ __all__ = [
     "check_bwrap",
     "run_sandboxed",
     "python_binds",
+    "gpu_devices",
     "SANDBOX_UID",
 ]
 
@@ -257,8 +258,11 @@ def build_argv(
     limits: Limits,
     cwd: str = "/io",
     uid: int | None = None,
+    dev_binds: Sequence[str] = (),
 ) -> list[str]:
-    """The full ``bwrap ...`` command line for ``payload`` (exposed for tests and docs)."""
+    """The full ``bwrap ...`` command line for ``payload`` (exposed for tests and docs).
+
+    ``dev_binds``: device nodes made available inside (e.g. :func:`gpu_devices`)."""
     bwrap = check_bwrap()
     uid = _sandbox_uid() if uid is None else uid
     binds = [(str(Path(s).resolve()), d) for s, d in [*python_binds(), *ro_binds]]
@@ -276,6 +280,8 @@ def build_argv(
     argv += _ancestor_dirs([d for _, d in binds], mounted)
     for src, dest in binds:
         argv += ["--ro-bind", src, dest]
+    for dev in dev_binds:
+        argv += ["--dev-bind", dev, dev]
     argv += ["--bind", str(scratch), "/io"]
     argv += ["--chdir", cwd]
     if _is_root():
@@ -286,6 +292,13 @@ def build_argv(
                  "--inh-caps=-all", "--no-new-privs", "--"]
     argv += list(payload)
     return argv
+
+
+def gpu_devices() -> list[str]:
+    """The NVIDIA device nodes of this machine (empty without a GPU driver)."""
+    import glob
+
+    return sorted(p for p in glob.glob("/dev/nvidia*") if not os.path.isdir(p))
 
 
 def _limits_preexec(limits: Limits, nproc: int) -> Callable[[], None]:
@@ -341,6 +354,7 @@ def run_sandboxed(
     stdin_data: bytes = b"",
     cwd: str = "/io",
     on_stdout_line: Callable[[bytes], None] | None = None,
+    dev_binds: Sequence[str] = (),
 ) -> SandboxResult:
     """Run ``payload`` (argv inside the sandbox) with ``scratch`` writable at ``/io``.
 
@@ -354,6 +368,8 @@ def run_sandboxed(
         limits: see :class:`Limits`.
         stdin_data: bytes fed to the payload's stdin (then closed).
         on_stdout_line: called with every stdout line as it arrives (grader thread).
+        dev_binds: device nodes to expose (``gpu_devices()`` for CUDA; then use
+            ``Limits(memory_mb=None)``: CUDA reserves far more address space than it uses).
 
     Returns:
         a :class:`SandboxResult`; the whole process tree is dead when it returns.
@@ -376,7 +392,7 @@ def run_sandboxed(
     else:
         nproc = limits.nproc + _user_process_count()
     argv = build_argv(payload, scratch=scratch, staging=staging, ro_binds=ro_binds,
-                      limits=limits, cwd=cwd, uid=uid)
+                      limits=limits, cwd=cwd, uid=uid, dev_binds=dev_binds)
     base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                 "HOME": "/tmp/home", "TMPDIR": "/tmp"}
     base_env.update(env or {})
