@@ -522,7 +522,7 @@ def _check_grading(io_dir: str, check_id: str, answer: Any, nonce: Any) -> None:
             raise
         status, output = "error", None
         tb = traceback.extract_tb(exc.__traceback__)
-        where = f" (line {tb[-1].lineno} of {Path(tb[-1].filename).name})" if tb else ""
+        where = f" (in {tb[-1].name}, line {tb[-1].lineno})" if tb else ""
         error = _short(f"{type(exc).__name__}: {exc}{where}")
     result = {"id": check_id, "nonce": nonce, "status": status, "error": error, "output": output}
     try:
