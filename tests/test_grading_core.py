@@ -126,6 +126,7 @@ def test_to_plain_converts_tensors_to_independent_float64_copies():
     assert to_plain(torch.tensor([1, 2], dtype=torch.int32)).dtype == np.int64
     assert to_plain(torch.tensor([True, False])).dtype == np.bool_
     assert to_plain(torch.nn.Parameter(torch.ones(2))).dtype == np.float64
+    assert to_plain(torch.zeros(2, 3).shape) == [2, 3]
     a = np.arange(3, dtype=np.float32)
     pa = to_plain(a)
     a[0] = 99

@@ -140,6 +140,8 @@ def _tensor_to_plain(x: Any, what: str) -> np.ndarray:
         raise NotPlainError(f"{what}: a tensor on the 'meta' device has no values")
     if x.is_complex():
         raise NotPlainError(f"{what}: complex tensors are not plain data, got dtype {x.dtype}")
+    if any(n is not None for n in (getattr(x, "names", None) or ())):
+        x = x.rename(None)  # named dimensions: the values are what is graded
     t = x.detach().resolve_conj().resolve_neg().to("cpu")
     if t.dtype == torch.bool:
         t = t.to(torch.bool)
@@ -158,6 +160,11 @@ def _is_tensor_type(t: type) -> bool:
     return t is torch.Tensor or t is torch.nn.parameter.Parameter
 
 
+def _is_torch_size(t: type) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and t is torch.Size
+
+
 def to_plain(x: Any, *, _what: str = "answer", _depth: int = 0) -> PlainData:
     """Convert ``x`` to plain data using **exact** type checks (no ``isinstance``).
 
@@ -165,7 +172,7 @@ def to_plain(x: Any, *, _what: str = "answer", _depth: int = 0) -> PlainData:
     exactly ``list`` / ``tuple`` (-> list) and ``dict`` with exactly-``str`` keys; exactly
     ``numpy.ndarray`` and exact numpy scalar types (``np.float32`` ...); exactly
     ``torch.Tensor`` (or ``torch.nn.Parameter``), converted to a detached CPU copy with dtype
-    float64 (floating), int64 (integer) or bool.
+    float64 (floating), int64 (integer) or bool; exactly ``torch.Size`` (-> list of ints).
 
     Raises:
         TypeError: for anything else — subclasses of the types above (a ``float`` or
@@ -191,7 +198,7 @@ def to_plain(x: Any, *, _what: str = "answer", _depth: int = 0) -> PlainData:
         if len(x) > MAX_STR_LEN:
             raise PlainDataError(f"{_what}: string of {len(x)} characters is longer than {MAX_STR_LEN}")
         return x
-    if t is list or t is tuple:
+    if t is list or t is tuple or _is_torch_size(t):
         return [to_plain(v, _what=f"{_what}[{i}]", _depth=_depth + 1) for i, v in enumerate(x)]
     if t is dict:
         out: dict[str, PlainData] = {}
