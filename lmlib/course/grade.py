@@ -787,14 +787,31 @@ def _as_node(cell: dict):
     return from_dict(cell)
 
 
-def write_gradebook(db_url: str, spec: AssignmentSpec, results: Sequence[SubmissionResult]) -> None:
+def course_id(config: Path = Path("nbgrader_config.py")) -> str:
+    """``CourseDirectory.course_id`` of the nbgrader config (so formgrader sees our grades),
+    else nbgrader's ``"default_course"``."""
+    if config.is_file():
+        try:
+            from traitlets.config.loader import PyFileConfigLoader
+
+            cfg = PyFileConfigLoader(config.name, path=str(config.parent.resolve())).load_config()
+            value = cfg.CourseDirectory.get("course_id")
+            if isinstance(value, str) and value:
+                return value
+        except Exception:  # noqa: BLE001 - a broken config must not stop grading
+            pass
+    return "default_course"
+
+
+def write_gradebook(db_url: str, spec: AssignmentSpec, results: Sequence[SubmissionResult],
+                    course: str = "default_course") -> None:
     """Record auto scores (serialized, in the parent). A grade with a manual score keeps it and
     is flagged for review, as nbgrader's SaveAutoGrades does; re-running is idempotent."""
     from nbgrader.api import Gradebook
 
     _venv_on_path()
     a = spec.assignment
-    with Gradebook(db_url) as gb, warnings.catch_warnings():
+    with Gradebook(db_url, course_id=course) as gb, warnings.catch_warnings():
         # nbgrader's own add_submission triggers SQLAlchemy autoflush warnings (harmless)
         warnings.simplefilter("ignore")
         ensure_assignment(gb, spec)
@@ -808,12 +825,13 @@ def write_gradebook(db_url: str, spec: AssignmentSpec, results: Sequence[Submiss
             gb.db.commit()
 
 
-def gradebook_scores(db_url: str, assignment: str, students: Iterable[str]) -> dict[str, dict[str, tuple[float, float]]]:
+def gradebook_scores(db_url: str, assignment: str, students: Iterable[str],
+                     course: str = "default_course") -> dict[str, dict[str, tuple[float, float]]]:
     """``{student: {grade_id: (score, max_score)}}`` from the gradebook (manual overrides auto)."""
     from nbgrader.api import Gradebook
 
     out: dict[str, dict[str, tuple[float, float]]] = {}
-    with Gradebook(db_url) as gb:
+    with Gradebook(db_url, course_id=course) as gb:
         for s in students:
             nbsub = gb.find_submission_notebook(assignment, assignment, s)
             out[s] = {g.name: (float(g.score or 0.0), float(g.max_score or 0.0)) for g in nbsub.grades}
@@ -885,6 +903,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       cell_timeout=args.cell_timeout, limits=limits, lmlib_stage=stage.resolve(),
                       data_dir=data_dir, keep_scratch=args.keep_scratch, devices=devices)
     subs = collect_submissions(args.submissions, a, out / ".work" / f"collect-{a}")
+    for sub in subs:  # nbgrader's layout, for formgrader: grading/submitted/<student>/<a>/<a>.ipynb
+        if sub.notebook is not None and sub.notebook.is_file() and sub.notebook.stat().st_size <= MAX_NOTEBOOK_BYTES:
+            d = out / "submitted" / sub.student / a
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sub.notebook, d / f"{a}.ipynb")
     print(f"grading {len(subs)} submission(s) of {a} with {args.workers} worker(s); max score {spec.max_score:g}"
           + (f"; GPU devices {', '.join(devices)}" if devices else ""))
     results: list[SubmissionResult] = []
@@ -900,10 +923,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results.sort(key=lambda r: r.student)
-    write_gradebook(db_url, spec, results)
+    course = course_id()
+    write_gradebook(db_url, spec, results, course)
     from . import feedback, report
 
-    scores = gradebook_scores(db_url, a, [r.student for r in results])
+    scores = gradebook_scores(db_url, a, [r.student for r in results], course)
     paths = report.write_reports(out, spec, results, scores)
     for r in results:
         if r.executed is not None:
