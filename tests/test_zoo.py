@@ -180,3 +180,33 @@ def test_pretrained_char_gpt_bad_input(tmp_path) -> None:
         _tiny(tmp_path / "none.pt", train_if_missing=False)
     with pytest.raises(ValueError, match="history"):
         history_of({"source": "cache"})
+
+
+# --------------------------------------------------------------------------- sentiment probe
+
+
+def test_sentiment_probe_trains_once_and_classifies_better_than_chance(tmp_path) -> None:
+    from lmlib.hf import embed_sentences
+    from lmlib.zoo import sentiment_probe
+
+    path = tmp_path / "probe.pt"
+    recipe = {"train_subset": 200, "steps": 100}
+    head, info = sentiment_probe(recipe=recipe, path=path)
+    assert info["source"] == "trained" and 0.55 < info["val_accuracy"] <= 1.0  # 200 sentences: well above 50%
+    head2, info2 = sentiment_probe(recipe=recipe, path=path, train_if_missing=False)
+    assert info2["source"] == "cache" and torch.equal(head.weight, head2.weight)
+    x = embed_sentences(["A wonderful, moving film.", "A dull, lifeless mess."])
+    with torch.no_grad():
+        pred = head2(x).argmax(-1).tolist()
+    assert pred == [1, 0]
+    _, info3 = sentiment_probe(recipe={**recipe, "steps": 101}, path=path)
+    assert info3["reason"] == "recipe changed"
+
+
+def test_sentiment_probe_bad_input(tmp_path) -> None:
+    from lmlib.zoo import sentiment_probe
+
+    with pytest.raises(TypeError, match="recipe must be a dict"):
+        sentiment_probe(recipe=[("steps", 1)], path=tmp_path / "p.pt")
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        sentiment_probe(recipe={"epochs": 3}, path=tmp_path / "p.pt")
