@@ -482,7 +482,9 @@ class Llama(nn.Module):
         """Greedy decoding: append the most likely next token ``max_new_tokens`` times.
 
         Args:
-            idx: prompt ``(B, T)`` long. max_new_tokens: >= 0.
+            idx: prompt ``(B, T)`` long. All rows have the same length T (there is no padding
+                mask: batch prompts of equal length, or call once per prompt).
+            max_new_tokens: >= 0.
             eos_token_id: if given, a row that has produced it gets ``eos_token_id`` from then
                 on, and decoding stops early once every row has (so the result can be
                 shorter than ``T + max_new_tokens``).

@@ -265,6 +265,17 @@ def test_logits_match_transformers_llama(tied, impl):
     assert (ours.lm_head.weight is ours.embed_tokens.weight) == tied
 
 
+def test_bfloat16_weights_match_transformers_in_bfloat16():
+    hf = _tiny_hf().to(torch.bfloat16)
+    ours = Llama.from_hf(hf)
+    assert ours.embed_tokens.weight.dtype == torch.bfloat16
+    idx = _ids(2, 8, 61)
+    with torch.no_grad():
+        out, ref = ours(idx), hf(idx).logits
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_from_state_dict_with_config_and_untrained_init():
     hf = _tiny_hf()
     ours = Llama.from_hf({k: v.clone() for k, v in hf.state_dict().items()}, hf.config)
