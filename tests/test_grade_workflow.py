@@ -150,11 +150,14 @@ def build_batch(root: Path) -> dict[str, float]:
     write_nb(root / "dave", json.dumps(sol)[:-40].encode()); exp["dave"] = 0.0   # invalid JSON
     deleted = copy.deepcopy(sol)
     deleted["cells"] = [c for c in deleted["cells"] if gid(c) != "perplexity-tests"]
-    write_nb(root / "erin", deleted); exp["erin"] = full - pts["perplexity-tests"]
+    cell_by_id(deleted, "add-k-tests")["metadata"]["nbgrader"]["grade_id"] = "my-add-k-tests"  # renamed
+    write_nb(root / "erin", deleted); exp["erin"] = full - pts["perplexity-tests"] - pts["add-k-tests"]
     dup = copy.deepcopy(sol)
     i = next(k for k, c in enumerate(dup["cells"]) if gid(c) == "chain-rule-answer")
     dup["cells"].insert(i + 2, copy.deepcopy(dup["cells"][i]))  # a second copy, after the test cell
     dup["cells"][i + 2]["source"] = "def sequence_log_prob(p):\n    return p.sum(-1)\n"
+    j = next(k for k, c in enumerate(dup["cells"]) if gid(c) == "perplexity-tests")
+    dup["cells"].insert(j + 1, copy.deepcopy(dup["cells"][j]))  # a duplicated test cell
     write_nb(root / "frank", dup); exp["frank"] = full                       # first copy graded
     exits = add_to_answer(sol, "count-bigrams-answer", "import sys\nsys.exit()", before=True)
     write_nb(root / "grace", exits); exp["grace"] = full - pts["count-bigrams-tests"] - pts["count-bigrams-hidden-tests"]
@@ -237,6 +240,9 @@ def test_messages_name_student_cell_and_reason(graded):
         r"quinn, 01-lm, -: oversized notebook: 2\d\.\d MiB",
         r"erin, 01-lm, perplexity-tests: test cell was deleted or renamed in the submission: restored, scores 0",
         r"frank, 01-lm, chain-rule-answer: duplicated answer cell \(cell \d+\); only the first copy is used",
+        r"frank, 01-lm, perplexity-tests: duplicated test cell \(cell \d+\); only the first copy is used",
+        r"erin, 01-lm, add-k-tests: test cell was deleted or renamed in the submission: restored, scores 0",
+        r"erin, 01-lm, my-add-k-tests: cell has an unknown grade_id \(renamed\?\); run as an ordinary cell",
         r"grace, 01-lm, count-bigrams-tests: 01-lm/count-bigrams: did not run \(the test cell raised NameError: name 'count_bigrams' is not defined\)",
         r"heidi, 01-lm, perplexity-tests: 01-lm/perplexity: your code raised an error: SystemExit",
         r"carol, 01-lm, perplexity-tests: 01-lm/perplexity: .*(differ|wrong value)",
@@ -349,3 +355,70 @@ def test_every_solution_scores_full_marks_and_every_blank_scores_zero(tmp_path):
             assert score == mx and mx > 0, (a, score, mx, messages)
         else:
             assert score == 0, (a, score, messages)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL gradebook
+
+
+def _pg_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    return shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL cluster on a unix socket (Debian's postgresql package)."""
+    import shutil
+    import tempfile
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL is not installed (make system-deps installs it)")
+    prefix: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    data, sock = root / "data", root / "sock"
+    data.mkdir()
+    sock.mkdir()
+    if os.geteuid() == 0:  # initdb refuses to run as root: use the postgres account
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a postgres account")
+        for p in (root, data, sock):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        root.chmod(0o755)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    run = lambda *cmd: subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
+    run(initdb, "-D", str(data), "-A", "trust", "-U", "grader")
+    run(pg_ctl, "-D", str(data), "-o", f"-k {sock} -c listen_addresses=''", "-w", "-l", str(root / "log"), "start")
+    try:
+        run(str(Path(os.path.realpath(pg_ctl)).with_name("createdb")), "-h", str(sock), "-U", "grader", "llmcourse")
+        yield f"postgresql://grader@/llmcourse?host={sock}"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_gradebook_with_parallel_workers(tmp_path, postgres_url):
+    from nbgrader.api import Gradebook
+
+    subs = tmp_path / "subs"
+    write_nb(subs / "alice", load_nb(SOURCE))
+    write_nb(subs / "bob", blank_version(A))
+    out = tmp_path / "grading"
+    run_grade(A, subs, out, "--workers", "2", "--db-url", postgres_url, "--no-feedback")
+    rows = read_csv(out)
+    assert float(rows["alice"]["score"]) == max_points(A) and float(rows["bob"]["score"]) == 0
+    assert not (out / "gradebook.db").exists()  # the grades went to PostgreSQL
+    env_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{env_path}"
+    try:
+        with Gradebook(postgres_url, course_id="llm-course") as gb:
+            assert gb.find_submission(A, "alice").score == max_points(A)
+            assert gb.find_submission(A, "bob").score == 0
+    finally:
+        os.environ["PATH"] = env_path
