@@ -422,3 +422,81 @@ def test_postgres_gradebook_with_parallel_workers(tmp_path, postgres_url):
             assert gb.find_submission(A, "bob").score == 0
     finally:
         os.environ["PATH"] = env_path
+
+
+# ----------------------------------------------------------------------------- fast unit checks (no sandbox)
+
+
+def test_collect_handles_lms_layouts_and_junk(tmp_path):
+    from lmlib.course.grade import collect_submissions
+
+    sol = json.dumps(load_nb(SOURCE))
+    subs = tmp_path / "subs"
+    write_nb(subs / "alice" / "deep" / "er", json.loads(sol))
+    with zipfile.ZipFile(subs / "alice.zip", "w") as zf:  # same student twice
+        zf.writestr(f"{A}.ipynb", sol)
+    with zipfile.ZipFile(subs / "bob.zip", "w") as zf:  # several notebooks, none named 01-lm.ipynb
+        zf.writestr("a.ipynb", sol)
+        zf.writestr("b.ipynb", sol)
+        zf.writestr("__MACOSX/._01-lm.ipynb", b"junk")
+    with zipfile.ZipFile(subs / "carol.zip", "w") as zf:  # zip-slip names are never extracted as such
+        zf.writestr(f"../../{A}.ipynb", sol)
+    (subs / "dave.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    write_nb(subs / "erin", json.loads(sol), "homework.ipynb")  # one notebook, other name
+    found = {s.student: s for s in collect_submissions(subs, A, tmp_path / "work")}
+    assert set(found) == {"alice", "alice-2", "bob", "carol", "dave", "erin"}
+    assert found["alice"].notebook == subs / "alice" / "deep" / "er" / f"{A}.ipynb"
+    assert "also named alice" in found["alice-2"].problems[0]
+    assert found["bob"].notebook is None and "no 01-lm.ipynb and 2 other notebooks" in found["bob"].fatal
+    assert found["carol"].notebook == tmp_path / "work" / "unzipped" / "carol" / f"{A}.ipynb"
+    assert not (tmp_path / f"{A}.ipynb").exists() and not (tmp_path.parent / f"{A}.ipynb").exists()
+    assert found["dave"].fatal.startswith("unreadable zip file dave.zip")
+    assert found["erin"].notebook.name == "homework.ipynb" and "not 01-lm.ipynb" in found["erin"].problems[0]
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        collect_submissions(tmp_path / "missing", A, tmp_path / "work")
+
+
+def test_read_notebook_rejects_with_reasons(tmp_path):
+    from lmlib.course.grade import NotebookRejected, read_notebook
+
+    cases = {
+        "v3.ipynb": (json.dumps({"cells": [], "nbformat": 3}).encode(), "nbformat 3, expected 4"),
+        "list.ipynb": (b"[1, 2]", "no list of cells"),
+        "deep.ipynb": (b"[" * 100000 + b"]" * 100000, "(nested too deeply|invalid JSON)"),
+        "latin1.ipynb": ("{\"cells\": [\"é\"]}".encode("latin-1"), "not UTF-8"),
+    }
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(NotebookRejected, match=reason):
+            read_notebook(tmp_path / name)
+    with pytest.raises(NotebookRejected, match="missing notebook"):
+        read_notebook(tmp_path / "absent.ipynb")
+
+
+def test_rebuild_survives_garbage_cells():
+    from lmlib.course.grade import load_spec, rebuild_notebook
+
+    spec = load_spec(A, SOURCE)
+    weird = {"cells": [{"cell_type": "code", "metadata": [1], "source": [1, "x"]}, "not a cell",
+                       {"cell_type": "markdown", "metadata": {"nbgrader": {"grade_id": 5}}, "source": None}],
+             "nbformat": 4}
+    r = rebuild_notebook(weird, spec)
+    assert ("cell 1", "not a valid cell; ignored") in r.notes
+    assert set(r.zeroed) == {t.grade_id for t in spec.tests}  # every test cell was missing
+    # every test cell is back, with one nonce per check call
+    for t in spec.tests:
+        assert set(r.nonces[t.grade_id]) == set(t.check_ids)
+    assert sum(1 for c in r.nb["cells"] if gid(c) in {t.grade_id for t in spec.tests}) == len(spec.tests)
+
+
+def test_grade_command_bad_arguments(tmp_path, capsys):
+    from lmlib.course.grade import main
+
+    (tmp_path / "subs").mkdir()
+    assert main(["99-nothing", str(tmp_path / "subs"), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read the source notebook" in capsys.readouterr().err
+    assert main([A, str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--source", str(SOURCE)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([A, str(tmp_path / "subs"), "--workers", "0"])
+    assert "--workers must be >= 1; got 0" in capsys.readouterr().err

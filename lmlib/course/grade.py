@@ -160,7 +160,8 @@ class AssignmentSpec:
 
 
 def _nbmeta(cell: dict) -> dict | None:
-    meta = (cell.get("metadata") or {}).get("nbgrader") if isinstance(cell, dict) else None
+    md = cell.get("metadata") if isinstance(cell, dict) else None
+    meta = md.get("nbgrader") if isinstance(md, dict) else None
     return meta if isinstance(meta, dict) and isinstance(meta.get("grade_id"), str) else None
 
 
@@ -332,7 +333,9 @@ def read_notebook(path: Path) -> dict:
 
 def _src(cell: dict) -> str:
     s = cell.get("source", "")
-    return "".join(s) if isinstance(s, list) else str(s)
+    if isinstance(s, list):
+        return "".join(x if isinstance(x, str) else str(x) for x in s)
+    return s if isinstance(s, str) else ""
 
 
 def _code_cell(source: str, meta: dict | None = None) -> dict:
@@ -391,6 +394,8 @@ def rebuild_notebook(student_nb: dict, spec: AssignmentSpec) -> Rebuilt:
             c = copy.deepcopy(cell)
             if isinstance(c.get("metadata"), dict):
                 c["metadata"].pop("nbgrader", None)
+            else:
+                c["metadata"] = {}
             c["source"] = _src(c)
             if c["cell_type"] == "code":
                 c["outputs"], c["execution_count"] = [], None
