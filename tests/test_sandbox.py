@@ -340,3 +340,28 @@ def test_runner_keeps_results_of_cells_before_a_dead_kernel(tmp_path):
     assert cells[2]["status"] == "dead" and 3 not in cells
     assert events[-1] == {"event": "end", "reason": "dead", "index": 2, "message": cells[2]["error"]}
     assert (scratch / "mark").read_text() == "1"
+
+
+def test_course_data_readable_but_trained_checkpoints_hidden(box, tmp_path):
+    from lmlib.course.grade import data_binds
+
+    cache = tmp_path / "cache"
+    (cache / "dataset").mkdir(parents=True)
+    (cache / "dataset" / "text.txt").write_text("to be or not to be")
+    (cache / "checkpoints").mkdir()
+    (cache / "checkpoints" / "gpt-char-cpu.pt").write_bytes(b"trained weights")
+    binds, extra = data_binds(cache)
+    code = textwrap.dedent("""
+        import os
+        print(open("/opt/lmlib-data/dataset/text.txt").read())
+        print("checkpoints" in os.listdir("/opt/lmlib-data"))
+        open("/opt/lmlib-data/locks/x.lock", "w").write("")  # lmlib's file locks work
+        try:
+            open("/opt/lmlib-data/dataset/new", "w")
+        except OSError as e:
+            print("read-only", type(e).__name__)
+        """)
+    res = run_sandboxed([sys.executable, "-c", code], scratch=box.scratch, staging=tmp_path / "st",
+                        ro_binds=binds, extra=extra, limits=Limits(wall_s=60))
+    assert _out(res).split("\n")[:3] == ["to be or not to be", "False", "read-only OSError"], res.stderr
+    assert data_binds(None) == ([], [])

@@ -69,6 +69,8 @@ MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024  # a notebook file larger than this is ref
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
 _STUDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
 REFERENCE_HIDDEN = "not available while grading"
+#: entries of $LMLIB_CACHE never shown to a sandbox: trained models (lmlib.zoo) and lock files
+HIDDEN_CACHE_ENTRIES = frozenset({"checkpoints", "locks"})
 
 
 # ----------------------------------------------------------------------------- data
@@ -553,6 +555,23 @@ def stage_lmlib(dest: Path, assignment: str, reference: Sequence[str]) -> Path:
 # ----------------------------------------------------------------------------- grade one
 
 
+def data_binds(data_dir: Path | None) -> tuple[list[tuple[str, str]], list[str]]:
+    """Read-only binds of ``$LMLIB_CACHE`` for the sandbox (at ``/opt/lmlib-data``) and the
+    extra bwrap arguments they need.
+
+    The course data and converted models are shown; trained checkpoints (``lmlib.zoo``) are
+    NOT: a cached trained GPT or classifier would let an answer skip the training it is graded
+    on. lmlib takes a file lock under ``<cache>/locks`` even to read, so that one is a
+    writable folder on the sandbox's ``/tmp``.
+    """
+    if data_dir is None or not data_dir.is_dir():
+        return [], []
+    binds = [(str(e), f"/opt/lmlib-data/{e.name}") for e in sorted(data_dir.iterdir())
+             if e.name not in HIDDEN_CACHE_ENTRIES and not e.name.startswith(".") and not e.is_symlink()]
+    extra = ["--perms", "1777", "--dir", "/tmp/lmlib-locks", "--symlink", "/tmp/lmlib-locks", "/opt/lmlib-data/locks"]
+    return binds, extra
+
+
 def _student_secret(secret: str, student: str) -> str:
     return f"{secret}\0{student}"
 
@@ -608,8 +627,9 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
            "MPLBACKEND": "Agg", "JUPYTER_RUNTIME_DIR": "/tmp/jupyter", "IPYTHONDIR": "/tmp/ipython",
            "MPLCONFIGDIR": "/tmp/mpl", "XDG_CACHE_HOME": "/tmp/cache", "JUPYTER_PLATFORM_DIRS": "1",
            "PYDEVD_DISABLE_FILE_VALIDATION": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    if cfg.data_dir is not None and cfg.data_dir.is_dir():
-        binds.append((str(cfg.data_dir), "/opt/lmlib-data"))
+    data, extra = data_binds(cfg.data_dir)
+    binds += data
+    if data:
         env["LMLIB_CACHE"] = "/opt/lmlib-data"
     events: list[dict] = []
 
@@ -622,7 +642,7 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
     res = run_sandboxed([sys.executable, runner, str(cfg.cell_timeout)], scratch=io_dir,
                         staging=work / "staging", ro_binds=binds, env=env, limits=cfg.limits,
                         stdin_data=json.dumps(rebuilt.nb).encode("utf-8"), cwd="/io/work",
-                        on_stdout_line=on_line, dev_binds=cfg.devices)
+                        on_stdout_line=on_line, dev_binds=cfg.devices, extra=extra)
     # where did the run stop?
     end = next((e for e in events if e.get("event") == "end"), None)
     began = [e["index"] for e in events if e.get("event") == "begin" and isinstance(e.get("index"), int)]

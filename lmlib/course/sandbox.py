@@ -259,10 +259,12 @@ def build_argv(
     cwd: str = "/io",
     uid: int | None = None,
     dev_binds: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The full ``bwrap ...`` command line for ``payload`` (exposed for tests and docs).
 
-    ``dev_binds``: device nodes made available inside (e.g. :func:`gpu_devices`)."""
+    ``dev_binds``: device nodes made available inside (e.g. :func:`gpu_devices`);
+    ``extra``: further bwrap arguments placed after the binds (``--dir``, ``--symlink``...)."""
     bwrap = check_bwrap()
     uid = _sandbox_uid() if uid is None else uid
     binds = [(str(Path(s).resolve()), d) for s, d in [*python_binds(), *ro_binds]]
@@ -282,6 +284,7 @@ def build_argv(
         argv += ["--ro-bind", src, dest]
     for dev in dev_binds:
         argv += ["--dev-bind", dev, dev]
+    argv += list(extra)
     argv += ["--bind", str(scratch), "/io"]
     argv += ["--chdir", cwd]
     if _is_root():
@@ -355,6 +358,7 @@ def run_sandboxed(
     cwd: str = "/io",
     on_stdout_line: Callable[[bytes], None] | None = None,
     dev_binds: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> SandboxResult:
     """Run ``payload`` (argv inside the sandbox) with ``scratch`` writable at ``/io``.
 
@@ -392,7 +396,7 @@ def run_sandboxed(
     else:
         nproc = limits.nproc + _user_process_count()
     argv = build_argv(payload, scratch=scratch, staging=staging, ro_binds=ro_binds,
-                      limits=limits, cwd=cwd, uid=uid, dev_binds=dev_binds)
+                      limits=limits, cwd=cwd, uid=uid, dev_binds=dev_binds, extra=extra)
     base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                 "HOME": "/tmp/home", "TMPDIR": "/tmp"}
     base_env.update(env or {})
