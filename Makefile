@@ -4,7 +4,8 @@
 #   make test    set everything up, run the whole test suite (what CI runs)
 #
 # Both start from nothing: they create .venv if it is missing, install the pinned
-# requirements and lmlib, and fetch the offline data and models into .cache/lmlib.
+# requirements and lmlib, fetch the offline data into .cache/lmlib and convert SmolLM2's
+# GGUF once into a cached safetensors model there.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -46,6 +47,7 @@ setup: $(STAMP) data
 
 data: $(STAMP)
 	$(PY) -m lmlib.data fetch
+	$(PY) -m lmlib.hf prepare
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
