@@ -22,6 +22,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# nbgrader runs `alembic` and nbval/nbclient start `python -m ipykernel` by name: use the venv's
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # Debian packages the tests drive: a real browser for the web book, bubblewrap for the
 # grading sandbox, PostgreSQL for the parallel-grading gradebook.
