@@ -365,3 +365,56 @@ def test_course_data_readable_but_trained_checkpoints_hidden(box, tmp_path):
                         ro_binds=binds, extra=extra, limits=Limits(wall_s=60))
     assert _out(res).split("\n")[:3] == ["to be or not to be", "False", "read-only OSError"], res.stderr
     assert data_binds(None) == ([], [])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or shutil.which("runuser") is None,
+                    reason="needs root (to switch to an unprivileged user) and the system python3")
+def test_unprivileged_mode_user_namespace():
+    """As an ordinary user, bubblewrap runs in an unprivileged user namespace: the same
+    guarantees hold (no network, no root, process limit, no surviving daemons)."""
+    import subprocess
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sandbox-unpriv-", dir="/tmp"))
+    try:
+        shutil.copy(Path(sandbox.__file__), d / "sandbox.py")
+        (d / "io").mkdir()
+        (d / "t.py").write_text(textwrap.dedent("""
+            import os, sys, time
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            import sandbox
+            code = '''
+            import os, socket, subprocess
+            print("uid", os.getuid())
+            subprocess.Popen(["setsid", "sleep", "5151.5"], start_new_session=True)
+            try:
+                socket.create_connection(("1.1.1.1", 53), timeout=2); print("CONNECTED")
+            except OSError:
+                print("no network")
+            n = 0
+            try:
+                for _ in range(5000):
+                    if os.fork() == 0:
+                        time.sleep(20); os._exit(0)
+                    n += 1
+            except OSError:
+                print("fork stopped", n)
+            '''
+            import textwrap
+            r = sandbox.run_sandboxed([sys.executable, "-c", "import time\\n" + textwrap.dedent(code)],
+                                      scratch=sys.argv[1], staging=sys.argv[2],
+                                      limits=sandbox.Limits(nproc=40, wall_s=60))
+            print(r.stdout.decode())
+            """))
+        for p in [d, *d.rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o666)
+        proc = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(d / "t.py"),
+                               str(d / "io"), str(d / "st")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = proc.stdout
+        assert "uid 65534" in out and "no network" in out and "CONNECTED" not in out
+        assert "fork stopped" in out and int(out.split("fork stopped")[1].split()[0]) < 40
+        time.sleep(0.5)
+        assert _host_processes_with("5151.5") == []
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
