@@ -629,6 +629,8 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
            "PYDEVD_DISABLE_FILE_VALIDATION": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     data, extra = data_binds(cfg.data_dir)
     binds += data
+    if cfg.devices and os.path.isdir("/sys"):
+        extra += ["--ro-bind", "/sys", "/sys"]  # the CUDA runtime reads PCI/NUMA topology there
     if data:
         env["LMLIB_CACHE"] = "/opt/lmlib-data"
     events: list[dict] = []
