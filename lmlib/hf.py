@@ -229,6 +229,9 @@ def smollm2_gguf_path() -> Path:
 
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
+    """The conversion record of a complete cached folder, or None (missing, stale, damaged)."""
+    if not all((folder / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json")):
+        return None
     try:
         return json.loads((folder / _MARKER).read_text())
     except (OSError, ValueError):

