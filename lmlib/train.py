@@ -230,7 +230,7 @@ def estimate_loss(
     generator: torch.Generator | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
-    autocast: contextlib.AbstractContextManager | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> float:
     """Mean loss of ``model`` over ``eval_iters`` random batches of ``data`` (chapter 3.2).
 
@@ -245,7 +245,8 @@ def estimate_loss(
         block_size: T (default ``model.config.block_size``).
         batch_size, eval_iters: B and number of batches (B * eval_iters windows in all).
         device: where to run (default: the device of the model's parameters).
-        autocast: an optional context manager for mixed precision.
+        amp_dtype: run the forward pass under ``torch.autocast`` with this dtype (e.g.
+            ``torch.bfloat16`` on CUDA); None = full precision.
     Returns:
         The average of the batches' mean cross-entropies, in nats per token (a Python float).
     """
@@ -267,7 +268,8 @@ def estimate_loss(
         losses = torch.zeros(eval_iters, dtype=torch.float64, device=device)
         for i in range(eval_iters):
             x, y = get_batch(data, block_size, batch_size, generator=generator, device=device)
-            with autocast if autocast is not None else contextlib.nullcontext():
+            ctx = torch.autocast(torch.device(device).type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+            with ctx:
                 _, loss = model(x, y)
             losses[i] = loss.double()
         return float(losses.mean())
@@ -477,7 +479,7 @@ def train(
 
     def evaluate(step: int) -> None:
         t_eval = time.perf_counter()
-        kw = dict(block_size=T, batch_size=eval_B, eval_iters=config.eval_iters, device=device, autocast=autocast())
+        kw = dict(block_size=T, batch_size=eval_B, eval_iters=config.eval_iters, device=device, amp_dtype=amp_dtype)
         val = estimate_loss(raw, val_data, seed=config.seed + 1, **kw)
         tr = estimate_loss(raw, train_data, seed=config.seed + 2, **kw)
         result.eval_steps.append(step)
@@ -670,8 +672,8 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "cpu": (
         dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
-        dict(batch_size=32, max_steps=1500, lr=3e-3, min_lr=3e-4, warmup_steps=50, beta2=0.99,
-             weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20),
+        dict(batch_size=32, max_steps=600, lr=3e-3, min_lr=3e-4, warmup_steps=50, beta2=0.99,
+             weight_decay=0.1, grad_clip=1.0, eval_interval=100, eval_iters=10),
     ),
 }
 

@@ -114,6 +114,14 @@ def test_estimate_loss_matches_torch_cross_entropy_and_restores_mode() -> None:
     assert got == pytest.approx(sum(losses) / 4, abs=1e-6)
 
 
+def test_estimate_loss_under_bf16_autocast_is_close_to_float32() -> None:
+    model = _model()
+    data = _pattern_data(500)
+    full = estimate_loss(model, data, batch_size=4, eval_iters=2)
+    half = estimate_loss(model, data, batch_size=4, eval_iters=2, amp_dtype=torch.bfloat16)
+    assert half == pytest.approx(full, abs=0.05) and half != full  # bf16 really ran
+
+
 def test_estimate_loss_bad_inputs() -> None:
     with pytest.raises(ValueError, match="eval_iters"):
         estimate_loss(_model(), torch.arange(100) % V, eval_iters=0)
