@@ -38,6 +38,7 @@ __all__ = [
     "subsample",
     "skipgram_pairs",
     "noise_distribution",
+    "unigram_table",
     "negative_sampling_loss",
     "SkipGram",
     "train_skipgram",
@@ -165,6 +166,27 @@ def noise_distribution(counts: Sequence[int] | torch.Tensor, power: float = 0.75
     return (p / p.sum()).float()
 
 
+def unigram_table(counts: Sequence[int] | torch.Tensor, size: int = 1_000_000, power: float = 0.75) -> torch.Tensor:
+    """word2vec's sampling table: a (size,) LongTensor in which word ``w`` fills a share
+    ``P_n(w)`` of the entries (:func:`noise_distribution`). Drawing a uniform random entry
+    samples ``P_n`` (up to rounding to 1/size) much faster than ``torch.multinomial``.
+    Words are laid out in id order; every word with a positive count gets at least one slot."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    p = noise_distribution(counts, power).double()  # (V,)
+    if size < int((p > 0).sum()):
+        raise ValueError(f"size {size} is smaller than the number of words with a positive count")
+    reps = torch.floor(p * size).long()  # (V,)
+    reps[(p > 0) & (reps == 0)] = 1
+    short = size - int(reps.sum())
+    if short > 0:  # hand the leftover slots to the largest remainders
+        rem = p * size - torch.floor(p * size)
+        reps[torch.topk(rem, short).indices] += 1
+    elif short < 0:  # too many forced 1s: take slots back from the most frequent words
+        reps[torch.topk(reps, -short).indices] -= 1
+    return torch.repeat_interleave(torch.arange(len(p)), reps)  # (size,)
+
+
 def negative_sampling_loss(
     center_vecs: torch.Tensor, context_vecs: torch.Tensor, negative_vecs: torch.Tensor
 ) -> torch.Tensor:
@@ -191,7 +213,7 @@ def negative_sampling_loss(
     if negative_vecs.dim() != 3 or negative_vecs.shape[0] != B or negative_vecs.shape[2] != D:
         raise ValueError(f"negative_vecs must be (B, K, D) = ({B}, K, {D}); got {tuple(negative_vecs.shape)}")
     pos = (center_vecs * context_vecs).sum(-1)  # (B,): u_o · v_c
-    neg = torch.bmm(negative_vecs, center_vecs.unsqueeze(2)).squeeze(2)  # (B, K): u_k · v_c
+    neg = (negative_vecs * center_vecs.unsqueeze(1)).sum(-1)  # (B, K): u_k · v_c (faster than bmm on CPU)
     return -(F.logsigmoid(pos) + F.logsigmoid(-neg).sum(-1)).mean()
 
 
@@ -245,7 +267,7 @@ def train_skipgram(
     """Train a :class:`SkipGram` on (centre, context) ``pairs`` (N, 2) with Adam.
 
     Each step takes a shuffled batch of pairs and draws ``negatives`` noise words per pair
-    from ``noise_distribution(counts)``. Returns the model (on ``device``) and the loss of
+    from ``noise_distribution(counts)`` (through :func:`unigram_table`). Returns the model (on ``device``) and the loss of
     every step. Deterministic for a given ``seed`` on CPU.
     """
     if not isinstance(pairs, torch.Tensor) or pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.dtype != torch.long:
@@ -269,7 +291,7 @@ def train_skipgram(
     gen = torch.Generator().manual_seed(seed)
     model = SkipGram(V, dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    noise = noise.to(device)
+    table = unigram_table(counts)  # (1e6,) word ids, P_n(w) ∝ count^0.75
     losses: list[float] = []
     n = pairs.shape[0]
     steps = epochs * math.ceil(n / batch_size)
@@ -278,8 +300,8 @@ def train_skipgram(
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, batch_size):
             batch = pairs[order[start : start + batch_size]].to(device)  # (B, 2)
-            neg = torch.multinomial(noise.cpu(), batch.shape[0] * negatives, replacement=True, generator=gen)
-            neg = neg.view(batch.shape[0], negatives).to(device)  # (B, K)
+            draw = torch.randint(len(table), (batch.shape[0], negatives), generator=gen)  # (B, K)
+            neg = table[draw].to(device)  # (B, K) noise word ids
             loss = model(batch[:, 0], batch[:, 1], neg)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,6 +17,7 @@ from lmlib.embeddings import (
     noise_distribution,
     skipgram_pairs,
     subsample,
+    unigram_table,
     train_skipgram,
 )
 
@@ -55,6 +56,16 @@ def test_noise_distribution_three_quarter_power() -> None:
     assert torch.allclose(p, torch.tensor([8 / z, 1 / z, 0.0, 27 / z]))
     assert math.isclose(p.sum().item(), 1.0, rel_tol=1e-6)
     assert torch.allclose(noise_distribution([1, 3], power=1.0), torch.tensor([0.25, 0.75]))
+
+
+def test_unigram_table_frequencies() -> None:
+    table = unigram_table([16, 1, 0, 81], size=3600)
+    assert table.shape == (3600,) and table.dtype == torch.long
+    # shares 8/36, 1/36, 0, 27/36 of 3600 slots, exactly
+    assert torch.bincount(table, minlength=4).tolist() == [800, 100, 0, 2700]
+    assert torch.equal(table, torch.sort(table).values)  # laid out in id order
+    small = unigram_table([1_000_000, 1, 1], size=10)  # rare words still get a slot
+    assert torch.bincount(small, minlength=3).tolist() == [8, 1, 1]
 
 
 def test_subsample_keeps_rare_drops_frequent() -> None:
@@ -157,6 +168,10 @@ def test_embeddings_bad_input() -> None:
         noise_distribution([0, 0])
     with pytest.raises(ValueError, match="non-empty 1-D"):
         noise_distribution([[1, 2]])
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        unigram_table([1, 2], size=0)
+    with pytest.raises(ValueError, match="smaller than the number of words"):
+        unigram_table([1, 2, 3], size=2)
     with pytest.raises(ValueError, match="t must be > 0"):
         subsample([0], [1], t=0)
     with pytest.raises(ValueError, match="out of range for 1 counts"):
