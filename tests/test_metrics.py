@@ -193,6 +193,8 @@ def test_bleu_bad_inputs() -> None:
         bleu(["a"], [[]])
     with pytest.raises(TypeError, match="str"):
         tokenize_13a(3)
+    with pytest.raises(TypeError, match=r"hyps\[1\] must be a str"):
+        bleu_score(["a", 2], ["a", "b"])
 
 
 # --------------------------------------------------------------------------- ROUGE-L
@@ -239,6 +241,8 @@ def test_rouge_l_bad_inputs() -> None:
         rouge_l(3, "a b")
     with pytest.raises(ValueError, match="beta"):
         rouge_l("a", "a", beta=0)
+    with pytest.raises(TypeError, match="ref must be a str or a list"):
+        rouge_l_scores("a b", [1, 2])
     with pytest.raises(ValueError, match="same length"):
         rouge_l_corpus(["a"], ["a", "b"])
     with pytest.raises(TypeError, match="not single strings"):
