@@ -392,6 +392,9 @@ def train(
     Returns:
         A :class:`TrainResult`: per-update losses and LRs, evaluations, timings.
 
+    Side effects: the model moves to ``config.device``; torch's global RNG is seeded with
+    ``config.seed + rank`` (it drives dropout), so the run is reproducible.
+
     Run under ``torchrun`` (``WORLD_SIZE > 1``) this function joins the process group and
     trains data-parallel; every process returns the same result.
 
