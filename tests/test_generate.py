@@ -4,7 +4,6 @@ uncached generation (including past block_size)."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
