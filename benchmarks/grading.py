@@ -18,7 +18,6 @@ ratios against nbgrader. Per-notebook times of ours come from the grade command'
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil

@@ -10,7 +10,6 @@ import shutil
 import socket
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 

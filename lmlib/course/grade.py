@@ -43,7 +43,7 @@ import time
 import traceback
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 
@@ -170,7 +170,7 @@ def _nbmeta(cell: dict) -> dict | None:
 def load_spec(assignment: str, source: Path) -> AssignmentSpec:
     """Parse the instructor's notebook: test cells (points, check ids), answers, locked cells."""
     from lmlib.grading import get_check
-    from lmlib.grading.notebook import cell_source, check_ids, nbgrader_cells
+    from lmlib.grading.notebook import check_ids, nbgrader_cells
 
     if not source.is_file():
         raise FileNotFoundError(f"source notebook {source} does not exist (expected solutions/{assignment}/{assignment}.ipynb)")
@@ -345,6 +345,24 @@ def _code_cell(source: str, meta: dict | None = None) -> dict:
             "metadata": copy.deepcopy(meta) if meta else {}, "outputs": [], "source": source}
 
 
+_CELL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _clean_cell(cell: dict) -> dict:
+    """Only the fields nbformat 4.5 allows, a valid unique-enough id, no outputs."""
+    kind = cell.get("cell_type")
+    meta = cell.get("metadata") if isinstance(cell.get("metadata"), dict) else {}
+    cid = cell.get("id")
+    out = {"cell_type": kind, "id": cid if isinstance(cid, str) and _CELL_ID.match(cid) else secrets.token_hex(4),
+           "metadata": meta, "source": _src(cell)}
+    if kind == "code":
+        out["execution_count"] = None
+        out["outputs"] = []
+    elif isinstance(cell.get("attachments"), dict):
+        out["attachments"] = cell["attachments"]
+    return out
+
+
 @dataclass
 class Rebuilt:
     nb: dict
@@ -459,6 +477,7 @@ def rebuild_notebook(student_nb: dict, spec: AssignmentSpec) -> Rebuilt:
                 placed[g] = p + 1
         placed[gid] = pos
         seen.add(gid)
+    out = [_clean_cell(c) for c in out]
     nb = {"cells": out, "metadata": copy.deepcopy(spec.source_nb.get("metadata", {})),
           "nbformat": 4, "nbformat_minor": spec.source_nb.get("nbformat_minor", 5)}
     return Rebuilt(nb=nb, nonces=nonces, zeroed=zeroed, notes=notes)
@@ -606,7 +625,7 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
     rebuilt = rebuild_notebook(student_nb, spec)
     messages += [_line(sub.student, a, cell, reason) for cell, reason in rebuilt.notes]
 
-    from lmlib.grading import SECRET_ENV, evaluate, generate_inputs, read_result, write_inputs  # noqa: F401
+    from lmlib.grading import evaluate, generate_inputs, read_result, write_inputs
     from lmlib.grading.plain import PlainDataError
 
     work = Path(tempfile.mkdtemp(prefix=f"grade-{sub.student}-", dir=cfg.out / ".work"))
