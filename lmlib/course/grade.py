@@ -478,6 +478,11 @@ def rebuild_notebook(student_nb: dict, spec: AssignmentSpec) -> Rebuilt:
         placed[gid] = pos
         seen.add(gid)
     out = [_clean_cell(c) for c in out]
+    ids: set[str] = set()
+    for c in out:  # duplicated cells share ids: make them unique
+        while c["id"] in ids:
+            c["id"] = secrets.token_hex(4)
+        ids.add(c["id"])
     nb = {"cells": out, "metadata": copy.deepcopy(spec.source_nb.get("metadata", {})),
           "nbformat": 4, "nbformat_minor": spec.source_nb.get("nbformat_minor", 5)}
     return Rebuilt(nb=nb, nonces=nonces, zeroed=zeroed, notes=notes)
