@@ -497,11 +497,12 @@ raise ImportError({msg!r})
 
 
 def _strip_check_module(source: str) -> str:
-    """Keep only what ``Check.run`` needs: ``make_inputs``/``expected`` and module-level
-    functions reachable only from them are replaced by stubs (so students cannot call the
-    trusted side's helpers from the sandbox to compute answers)."""
+    """Keep only what ``Check.run`` needs: the trusted-only methods ``make_inputs``,
+    ``expected`` and ``compare``, and the module-level functions reachable only from them, are
+    replaced by stubs (so students cannot call the trusted side's helpers from the sandbox to
+    compute answers)."""
     tree = ast.parse(source)
-    trusted_methods = {"make_inputs", "expected"}
+    trusted_methods = {"make_inputs", "expected", "compare"}
     stub_body = ast.parse('raise RuntimeError("trusted grading code: not available while grading")').body
     funcs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
