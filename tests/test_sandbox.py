@@ -295,6 +295,11 @@ def test_reference_module_is_a_stub_and_trusted_helpers_are_stripped(box, tmp_pa
             print("EXPECTED AVAILABLE")
         except RuntimeError as e:
             print("RuntimeError:", e)
+        try:
+            chk.compare(1.0, 1.0, {})
+            print("COMPARE AVAILABLE")
+        except RuntimeError as e:
+            print("compare RuntimeError:", e)
         import lmlib.grading.checks.a01_lm as m
         try:
             m._count([["a"]])
@@ -309,7 +314,7 @@ def test_reference_module_is_a_stub_and_trusted_helpers_are_stripped(box, tmp_pa
     assert ("ImportError: lmlib.probability is the reference implementation graded by 01-lm and is "
             "not available while grading: write your own") in out
     assert "RuntimeError: trusted grading code: not available while grading" in out
-    assert "helper RuntimeError" in out
+    assert "helper RuntimeError" in out and "compare RuntimeError" in out
     assert "attention ok" in out
     assert not list((stage / "lmlib").rglob("__pycache__"))
 
