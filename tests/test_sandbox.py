@@ -296,7 +296,7 @@ def test_reference_module_is_a_stub_and_trusted_helpers_are_stripped(box, tmp_pa
         except RuntimeError as e:
             print("RuntimeError:", e)
         try:
-            chk.compare(1.0, 1.0, {})
+            get_check("02-tokenize/train-bpe").compare([], [], {"cases": []})  # a check with its own compare
             print("COMPARE AVAILABLE")
         except RuntimeError as e:
             print("compare RuntimeError:", e)
