@@ -355,6 +355,7 @@ SENTIMENT_RECIPE: dict[str, Any] = {
     "weight_decay": 1e-4,
     "max_length": 64,  # word pieces per sentence (longer ones are truncated)
     "seed": 0,  # torch seed for the head's initialisation
+    "val_sentences": None,  # how many val sentences to score after training (None = all 1,061)
 }
 
 
@@ -387,7 +388,7 @@ def sentiment_probe(
         path: checkpoint file; default ``<cache>/checkpoints/sentiment-probe.pt``.
     Returns:
         ``(head, info)``; ``info`` has ``source``, ``reason``, ``path``, ``key``,
-        ``val_accuracy`` (on the whole val split), ``train_seconds``, ``trained_at``, ``recipe``.
+        ``val_accuracy`` (on the val split, or its first ``val_sentences``), ``train_seconds``, ``trained_at``, ``recipe``.
     """
     import random
 
@@ -410,7 +411,7 @@ def sentiment_probe(
         t0 = time.perf_counter()
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         train = random.Random(r["subset_seed"]).sample(movie_reviews("train"), r["train_subset"])
-        val = movie_reviews("val")
+        val = movie_reviews("val")[: r["val_sentences"]]
         x = embed_sentences([s.text for s in train], max_length=r["max_length"], progress=False)  # (N, 384)
         y = torch.tensor([s.label for s in train])  # (N,)
         torch.manual_seed(r["seed"])
@@ -426,7 +427,7 @@ def sentiment_probe(
             acc = (head(xv).argmax(-1) == torch.tensor([s.label for s in val])).float().mean().item()
         return {
             "state_dict": {k: v.detach().clone() for k, v in head.state_dict().items()},
-            "info": {"val_accuracy": acc, "train_loss": float(loss), "train_seconds": time.perf_counter() - t0,
+            "info": {"val_accuracy": acc, "train_loss": loss.item(), "train_seconds": time.perf_counter() - t0,
                      "trained_at": started, "recipe": r},
         }
 

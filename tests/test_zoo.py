@@ -185,14 +185,15 @@ def test_pretrained_char_gpt_bad_input(tmp_path) -> None:
 # --------------------------------------------------------------------------- sentiment probe
 
 
+@pytest.mark.slow
 def test_sentiment_probe_trains_once_and_classifies_better_than_chance(tmp_path) -> None:
     from lmlib.hf import embed_sentences
     from lmlib.zoo import sentiment_probe
 
     path = tmp_path / "probe.pt"
-    recipe = {"train_subset": 200, "steps": 100}
+    recipe = {"train_subset": 200, "steps": 100, "val_sentences": 200}
     head, info = sentiment_probe(recipe=recipe, path=path)
-    assert info["source"] == "trained" and 0.55 < info["val_accuracy"] <= 1.0  # 200 sentences: well above 50%
+    assert info["source"] == "trained" and 0.6 < info["val_accuracy"] <= 1.0  # 200 sentences: well above 50%
     head2, info2 = sentiment_probe(recipe=recipe, path=path, train_if_missing=False)
     assert info2["source"] == "cache" and torch.equal(head.weight, head2.weight)
     x = embed_sentences(["A wonderful, moving film.", "A dull, lifeless mess."])
