@@ -25,7 +25,6 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -214,12 +213,6 @@ def cached_artifact(
 # --------------------------------------------------------------------------- the char GPT
 
 
-def _cpu_recipe():
-    from lmlib.train import PRESETS
-
-    return PRESETS["cpu"]
-
-
 def default_char_gpt_recipe(vocab_size: int = 84):
     """``(GPTConfig, TrainConfig)`` of chapter 5.2's CPU recipe (``lmlib.train`` preset ``"cpu"``).
 
@@ -274,7 +267,7 @@ def pretrained_char_gpt(
             is False. TypeError: configs of the wrong type.
     """
     from lmlib.model import GPT, GPTConfig
-    from lmlib.train import TrainConfig, TrainResult, train
+    from lmlib.train import TrainConfig, train
 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")

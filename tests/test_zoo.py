@@ -211,3 +211,27 @@ def test_sentiment_probe_bad_input(tmp_path) -> None:
         sentiment_probe(recipe=[("steps", 1)], path=tmp_path / "p.pt")
     with pytest.raises(ValueError, match="unknown recipe keys"):
         sentiment_probe(recipe={"epochs": 3}, path=tmp_path / "p.pt")
+
+
+def test_default_recipe_is_the_cpu_preset_and_validates() -> None:
+    from lmlib.train import PRESETS
+    from lmlib.zoo import default_char_gpt_recipe
+
+    g, t = default_char_gpt_recipe(84)
+    for k, v in PRESETS["cpu"][0].items():
+        assert getattr(g, k) == v
+    for k, v in PRESETS["cpu"][1].items():
+        assert getattr(t, k) == v
+    assert g.attn_impl == "sdpa" and t.progress is False and t.out_dir is None
+    with pytest.raises(ValueError, match="vocab_size"):
+        default_char_gpt_recipe(0)
+
+
+def test_corpus_digest_hashes_train_and_val_text() -> None:
+    from lmlib.data import shakespeare_text
+    from lmlib.zoo import corpus_digest
+
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        h.update(split.encode() + b"\0" + shakespeare_text(split).encode("utf-8") + b"\0")
+    assert corpus_digest() == h.hexdigest()
