@@ -37,7 +37,7 @@ from lmlib.grading.core import evaluate, read_result, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = ["02-tokenize", "03-attention", "04-transformer", "05-optim", "06-rnn-embeddings", "07-train-gpt", "08-finetune"]
-HEAVY = {"07-train-gpt/train", "08-finetune/classifier"}  # train a model: run once, marked slow
+HEAVY = {"07-train-gpt/train", "08-finetune/classifier", "08-finetune/classifier-hidden"}  # marked slow
 
 
 # --------------------------------------------------------------------------- solution notebooks
@@ -199,7 +199,41 @@ def _ref_06() -> dict[str, Any]:
     }
 
 
-REFERENCES = {"02": _ref_02, "03": _ref_03, "04": _ref_04, "05": _ref_05, "06": _ref_06}
+def _ref_07() -> dict[str, Any]:
+    from lmlib.generate import generate, sample_next, top_k_filter
+    from lmlib.train import get_batch
+
+    def probs(logits, temperature=1.0, top_k=None):
+        z = logits / temperature
+        return torch.softmax(z if top_k is None else top_k_filter(z, top_k), dim=-1)
+
+    return {
+        "07-train-gpt/get-batch": get_batch, "07-train-gpt/get-batch-hidden": get_batch,
+        "07-train-gpt/next-token-probs": probs, "07-train-gpt/next-token-probs-hidden": probs,
+        "07-train-gpt/sample-next": sample_next, "07-train-gpt/sample-next-hidden": sample_next,
+        "07-train-gpt/generate": generate, "07-train-gpt/generate-hidden": generate,
+    }
+
+
+def _ref_08() -> dict[str, Any]:
+    from lmlib.hf import embed_sentences, mean_pool
+    from lmlib.metrics import bleu, rouge_l
+
+    def embed(texts):
+        return embed_sentences(texts, progress=False)
+
+    def corpus_bleu(hyps, refs):
+        return bleu(hyps, refs, smooth="none", tokenize="none")
+
+    return {
+        "08-finetune/mean-pool": mean_pool, "08-finetune/mean-pool-hidden": mean_pool,
+        "08-finetune/embed": embed, "08-finetune/embed-hidden": embed,
+        "08-finetune/bleu": corpus_bleu, "08-finetune/bleu-hidden": corpus_bleu,
+        "08-finetune/rouge-l": rouge_l, "08-finetune/rouge-l-hidden": rouge_l,
+    }
+
+
+REFERENCES = {"02": _ref_02, "03": _ref_03, "04": _ref_04, "05": _ref_05, "06": _ref_06, "07": _ref_07, "08": _ref_08}
 
 
 def reference_answer(check_id: str) -> Any:
@@ -551,6 +585,190 @@ def _neg_loss(reduce="mean", naive=False):
     return f
 
 
+# 07 -----------------------------------------------------------------------
+
+
+def _batch(shift=True, off_by_one=False, use_generator=True):
+    def f(data, block_size, batch_size, generator=None):
+        n = len(data) - block_size - (1 if off_by_one else 0)
+        ix = torch.randint(max(n, 1), (batch_size,), generator=generator if use_generator else None)
+        x = torch.stack([data[i : i + block_size] for i in ix])
+        y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix]) if shift else x.clone()
+        return x, y
+
+    return f
+
+
+def _eval(use_eval=True, restore=True):
+    def f(model, batches):
+        if use_eval:
+            model.eval()
+        with torch.no_grad():
+            losses = [model(x, y)[1].item() for x, y in batches]
+        if restore:
+            model.train()  # wrong when the model was in eval mode before (restore=True means "always train()")
+        return sum(losses) / len(losses)
+
+    return f
+
+
+def _probs(multiply=False, ignore_top_k=False):
+    def f(logits, temperature=1.0, top_k=None):
+        z = logits * temperature if multiply else logits / temperature
+        if top_k is not None and not ignore_top_k:
+            kth = torch.topk(z, min(top_k, z.shape[-1]), dim=-1).values[..., -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        return torch.softmax(z, dim=-1)
+
+    return f
+
+
+def _sample(kind):
+    def f(logits, temperature=1.0, top_k=None, generator=None):
+        if kind == "argmax":
+            return logits.argmax(-1)
+        p = _probs()(logits, 1.0 if kind == "no-temperature" else temperature, top_k)
+        if kind == "first-row":
+            return torch.multinomial(p[:1], 1, generator=generator).expand(len(p), 1).squeeze(-1).clone()
+        return torch.multinomial(p, 1, generator=generator).squeeze(-1)
+
+    return f
+
+
+def _gen(use_eval=True, crop=True, greedy=False):
+    def f(model, idx, n, temperature=1.0, top_k=None, generator=None):
+        if use_eval:
+            model.eval()
+        with torch.no_grad():
+            for _ in range(n):
+                ctx = idx[:, -model.config.block_size:] if crop else idx
+                logits = model(ctx)[0][:, -1, :]
+                nxt = logits.argmax(-1) if greedy else _sample("ok")(logits, temperature, top_k, generator)
+                idx = torch.cat([idx, nxt[:, None]], dim=1)
+        model.train()
+        return idx
+
+    return f
+
+
+def _train_loop(step=True, fixed_lr=None):
+    def f(model, train_data, *, steps, batch_size, block_size, lr, generator=None):
+        opt = torch.optim.AdamW(model.parameters(), lr=fixed_lr if fixed_lr is not None else lr)
+        losses = []
+        for _ in range(steps):
+            x, y = _batch()(train_data, block_size, batch_size, generator)
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            if step:
+                opt.step()
+            losses.append(loss.item())
+        return losses
+
+    return f
+
+
+# 08 -----------------------------------------------------------------------
+
+
+def _pool_plain_mean(h, m):
+    return h.mean(dim=1)
+
+
+def _pool_no_clamp(h, m):
+    m = m.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1)
+
+
+def _embed(mask=True, normalize=True):
+    def f(texts):
+        from lmlib.hf import load_minilm
+
+        model, tok = load_minilm()
+        batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.no_grad():
+            h = model(**batch).last_hidden_state
+        e = _pool_no_clamp(h, batch["attention_mask"]) if mask else h.mean(1)
+        return F.normalize(e, dim=-1) if normalize else e
+
+    return f
+
+
+def _head_constant(X, y):
+    return torch.zeros(2, X.shape[1], device=X.device), torch.tensor([0.0, 1.0], device=X.device)
+
+
+def _head_shuffled(X, y):
+    g = torch.Generator().manual_seed(0)
+    y = y[torch.randperm(len(y), generator=g).to(y.device)]  # trains on the wrong labels
+    head = torch.nn.Linear(X.shape[1], 2).to(X.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = F.cross_entropy(head(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return head.weight.detach(), head.bias.detach()
+
+
+def _bleu(bp=True, clip=True, sentence_mean=False):
+    from collections import Counter
+
+    def stats(h, r):
+        m, t = [0] * 4, [0] * 4
+        for n in range(1, 5):
+            hc = Counter(tuple(h[i : i + n]) for i in range(len(h) - n + 1))
+            rc = Counter(tuple(r[i : i + n]) for i in range(len(r) - n + 1))
+            m[n - 1] += sum((min(k, rc[g]) if clip else (k if rc[g] else 0)) for g, k in hc.items())
+            t[n - 1] += sum(hc.values())
+        return m, t
+
+    def score(m, t, c, r):
+        if min(m) == 0:
+            return 0.0
+        b = 1.0 if (c >= r or not bp) else math.exp(1 - r / c)
+        return 100 * b * math.exp(sum(math.log(a / z) for a, z in zip(m, t)) / 4)
+
+    def f(hyps, refs):
+        pairs = [(h.split(), r.split()) for h, r in zip(hyps, refs)]
+        if sentence_mean:
+            return sum(score(*stats(h, r), len(h), len(r)) for h, r in pairs) / len(pairs)
+        M, T, c, r = [0] * 4, [0] * 4, 0, 0
+        for h, rr in pairs:
+            m, t = stats(h, rr)
+            M, T = [a + b for a, b in zip(M, m)], [a + b for a, b in zip(T, t)]
+            c, r = c + len(h), r + len(rr)
+        return score(M, T, c, r)
+
+    return f
+
+
+def _rouge(kind):
+    def f(hyp, ref):
+        h, r = hyp.split(), ref.split()
+        if kind == "substring":  # longest common *contiguous* run
+            best = 0
+            for i in range(len(h)):
+                for j in range(len(r)):
+                    k = 0
+                    while i + k < len(h) and j + k < len(r) and h[i + k] == r[j + k]:
+                        k += 1
+                    best = max(best, k)
+            lcs = best
+        else:
+            L = [[0] * (len(r) + 1) for _ in range(len(h) + 1)]
+            for i in range(1, len(h) + 1):
+                for j in range(1, len(r) + 1):
+                    L[i][j] = L[i - 1][j - 1] + 1 if h[i - 1] == r[j - 1] else max(L[i - 1][j], L[i][j - 1])
+            lcs = L[-1][-1]
+        if kind == "recall":
+            return lcs / len(r)
+        p, rc = lcs / len(h), lcs / len(r)  # crashes on an empty text
+        return 0.0 if lcs == 0 else 2 * p * rc / (p + rc)
+
+    return f
+
+
 # (check id) -> [(name, wrong answer, exception type it must raise)]
 WRONG: dict[str, list[tuple[str, Any, type[BaseException]]]] = {
     "02-tokenize/char-tokenizer": [("vocab in first-appearance order", _CharUnsorted, AssertionError)],
@@ -610,6 +828,35 @@ WRONG: dict[str, list[tuple[str, Any, type[BaseException]]]] = {
     "06-rnn-embeddings/skipgram-pairs-hidden": [("duplicates removed", _pairs_dedup, AssertionError)],
     "06-rnn-embeddings/neg-sampling-loss": [("sum over the batch", _neg_loss(reduce="sum"), AssertionError)],
     "06-rnn-embeddings/neg-sampling-loss-hidden": [("unstable log(sigmoid)", _neg_loss(naive=True), AssertionError)],
+    "07-train-gpt/get-batch": [("y not shifted", _batch(shift=False), AssertionError),
+                               ("ignores the generator", _batch(use_generator=False), AssertionError)],
+    "07-train-gpt/get-batch-hidden": [("never draws the last offset", _batch(off_by_one=True), AssertionError)],
+    "07-train-gpt/eval-loss": [("dropout left on", _eval(use_eval=False, restore=False), AssertionError)],
+    "07-train-gpt/eval-loss-hidden": [("always switches to training mode", _eval(), AssertionError)],
+    "07-train-gpt/next-token-probs": [("multiplies by the temperature", _probs(multiply=True), AssertionError)],
+    "07-train-gpt/next-token-probs-hidden": [("top_k ignored", _probs(ignore_top_k=True), AssertionError)],
+    "07-train-gpt/sample-next": [("argmax", _sample("argmax"), AssertionError),
+                                 ("temperature ignored", _sample("no-temperature"), AssertionError)],
+    "07-train-gpt/sample-next-hidden": [("one draw for the whole batch", _sample("first-row"), AssertionError)],
+    "07-train-gpt/generate": [("dropout left on", _gen(use_eval=False), AssertionError)],
+    "07-train-gpt/generate-hidden": [("context not cropped", _gen(crop=False), ValueError),
+                                     ("argmax instead of sampling", _gen(greedy=True), AssertionError)],
+    "07-train-gpt/train": [("never calls optimizer.step()", _train_loop(step=False), AssertionError)],
+    "07-train-gpt/train-hidden": [("ignores lr", _train_loop(fixed_lr=3e-3), AssertionError),
+                                  ("never calls optimizer.step()", _train_loop(step=False), AssertionError)],
+    "08-finetune/mean-pool": [("mean over padding too", _pool_plain_mean, AssertionError)],
+    "08-finetune/mean-pool-hidden": [("NaN for an empty row", _pool_no_clamp, AssertionError)],
+    "08-finetune/embed": [("no attention mask in the pooling", _embed(mask=False), AssertionError),
+                          ("not normalised", _embed(normalize=False), AssertionError)],
+    "08-finetune/embed-hidden": [("no attention mask in the pooling", _embed(mask=False), AssertionError)],
+    "08-finetune/classifier": [("always positive", _head_constant, AssertionError)],
+    "08-finetune/classifier-hidden": [("trained on shuffled labels", _head_shuffled, AssertionError)],
+    "08-finetune/bleu": [("mean of sentence BLEU", _bleu(sentence_mean=True), AssertionError)],
+    "08-finetune/bleu-hidden": [("no brevity penalty", _bleu(bp=False), AssertionError),
+                                ("no clipping", _bleu(clip=False), AssertionError)],
+    "08-finetune/rouge-l": [("recall only", _rouge("recall"), AssertionError),
+                            ("contiguous substring", _rouge("substring"), AssertionError)],
+    "08-finetune/rouge-l-hidden": [("empty text not handled", _rouge("lcs"), ZeroDivisionError)],
 }
 
 
@@ -746,3 +993,73 @@ def test_solution_scores_every_check_with_the_sandbox_lmlib(aid, tmp_path):
 
 
 WRONG_EXTRA: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- independent references
+
+
+@pytest.mark.parametrize("check_id", ["08-finetune/bleu", "08-finetune/bleu-hidden"])
+def test_bleu_expected_values_match_sacrebleu(check_id):
+    import sacrebleu
+
+    from lmlib.grading import get_check
+
+    inputs = generate_inputs(check_id, secret="")
+    expected = get_check(check_id).expected(inputs)
+    assert any(e > 0 for e in expected) and any(e == 0 for e in expected) or check_id.endswith("/bleu")
+    for case, e in zip(inputs["cases"], expected):
+        ref = sacrebleu.corpus_bleu(case["hyps"], [case["refs"]], tokenize="none", smooth_method="none").score
+        assert e == pytest.approx(ref, abs=1e-9), case["what"]
+
+
+def test_rouge_l_expected_value_hand_computed():
+    from lmlib.grading import get_check
+
+    inputs = generate_inputs("08-finetune/rouge-l", secret="")
+    assert inputs["pairs"][0] == ["police killed the gunman", "the gunman was shot by police"]
+    # LCS = "the gunman" (2 words): P = 2/4, R = 2/6, F = 2PR / (P + R) = 0.4
+    assert get_check("08-finetune/rouge-l").expected(inputs)[0] == pytest.approx(0.4)
+
+
+def test_train_gpt_threshold_is_far_below_an_untrained_model():
+    """The 07 threshold means learning: an untrained model (uniform over 84 characters) and
+    a unigram model both score far above it."""
+    from lmlib.grading.checks import a07_train_gpt as a07
+
+    train, val = a07._corpus()
+    assert a07.VAL_LOSS_THRESHOLD < math.log(84) - 1.5
+    freq = np.bincount(train, minlength=84) / len(train)
+    unigram = -np.mean(np.log(np.maximum(freq[val], 1e-12)))
+    assert unigram > a07.VAL_LOSS_THRESHOLD + 0.5
+
+
+# --------------------------------------------------------------------------- released exercises
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aid", ASSIGNMENTS)
+def test_released_exercise_fails_every_test_cell(aid, tmp_path):
+    """The student version (answer cells stubbed) runs top to bottom, and every test cell that
+    has code (hidden-only cells are just a comment there) raises."""
+    from nbclient import NotebookClient
+
+    path = ROOT / "exercises" / aid / f"{aid}.ipynb"
+    if not path.is_file():
+        pytest.skip(f"{aid} is not released yet")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    tested = 0
+    for cell in nb.cells:
+        meta = _nbgrader(cell)
+        if cell.cell_type != "code" or not meta.get("grade"):
+            continue
+        code = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if code:
+            tested += 1
+            assert errors, f"{aid}: test cell {meta['grade_id']} passed in the released exercise"
+        else:
+            assert not errors
+    assert tested >= 4
+    setup = next(c for c in nb.cells if _nbgrader(c).get("grade_id") == "setup")
+    assert not [o for o in setup.outputs if o.get("output_type") == "error"], f"{aid}: the setup cell fails"

@@ -32,15 +32,24 @@ VAL_WINDOWS = 128  # random windows of the validation split, scored by the trust
 VAL_LOSS_THRESHOLD = 2.45  # nats/char; the unigram (character frequency) model scores ~3.3
 
 
-def _make_model(config: dict, seed: int) -> Any:
-    """An ``lmlib.model.GPT`` with seeded weights (built on the CPU, identical everywhere)."""
+def _make_model(config: dict, seed: int, scale: float = 1.0) -> Any:
+    """An ``lmlib.model.GPT`` with seeded weights (built on the CPU, identical everywhere).
+
+    ``scale`` multiplies every weight matrix: GPT-2's initialisation (std 0.02) predicts an
+    almost uniform next token, which would hide mistakes such as leaving dropout on."""
     import torch
 
     from lmlib.model import GPT, GPTConfig
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return GPT(GPTConfig(**{k: (float(v) if k == "dropout" else int(v)) for k, v in config.items()}))
+        model = GPT(GPTConfig(**{k: (float(v) if k == "dropout" else int(v)) for k, v in config.items()}))
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.mul_(float(scale))
+    return model
 
 
 def _state(model: Any) -> dict:
@@ -63,6 +72,8 @@ def _load(config: dict, state: dict) -> Any:
     return model.eval()
 
 
+SCALE = 20.0  # weight scale of the evaluation checks' model: dropout changes its loss a lot
+GEN_SCALE = 5.0  # generation checks: dropout flips most argmaxes, yet top-3 sampling stays varied
 SMALL = {"vocab_size": 30, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.3}
 
 
@@ -160,7 +171,7 @@ class _EvalCheck(Check):
     def run(self, answer: Any, inputs: dict) -> Any:
         import torch
 
-        model = _make_model(inputs["config"], inputs["seed"]).to(device())
+        model = _make_model(inputs["config"], inputs["seed"], SCALE).to(device())
         model.train(inputs["mode"] == "train")
         batches = [(tensor(x, torch.long), tensor(y, torch.long)) for x, y in inputs["batches"]]
         loss = to_plain(answer(model, batches))
@@ -171,7 +182,7 @@ class _EvalCheck(Check):
     def expected(self, inputs: dict) -> Any:
         import torch
 
-        model = _make_model(inputs["config"], inputs["seed"]).eval()
+        model = _make_model(inputs["config"], inputs["seed"], SCALE).eval()
         with torch.no_grad():
             losses = [float(model(torch.as_tensor(x), torch.as_tensor(y))[1]) for x, y in inputs["batches"]]
         return {"loss": float(np.mean(losses)), "training_after": inputs["mode"] == "train"}
@@ -359,7 +370,7 @@ class _GenerateCheck(Check):
     def run(self, answer: Any, inputs: dict) -> Any:
         import torch
 
-        model = _make_model(inputs["config"], inputs["seed"]).to(device())
+        model = _make_model(inputs["config"], inputs["seed"], GEN_SCALE).to(device())
         model.train()
         idx = tensor(inputs["prompt"], torch.long)
         g = torch.Generator(device=idx.device).manual_seed(int(inputs["gen_seed"]))
@@ -388,7 +399,7 @@ class _GenerateCheck(Check):
         V = int(inputs["config"]["vocab_size"])
         if out.min() < 0 or out.max() >= V:
             return False, f"{desc}: token ids must be in [0, {V})"
-        model = _make_model(inputs["config"], inputs["seed"]).eval()
+        model = _make_model(inputs["config"], inputs["seed"], GEN_SCALE).eval()
         block = int(inputs["config"]["block_size"])
         not_top1 = 0
         with torch.no_grad():
