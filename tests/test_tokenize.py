@@ -366,3 +366,25 @@ def test_from_hf_bad_input() -> None:
         BPETokenizer.from_hf(Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
     with pytest.raises(ValueError, match="byte-level characters"):
         BPETokenizer.from_hf(Tokenizer(models.BPE({"a": 0, " ": 1, "a ": 2}, [("a", " ")])))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("aab bc,.\n'éa世😀0123")), min_size=1, max_size=200),
+    extra=st.integers(0, 60),
+)
+def test_bpe_merges_equal_tokenizers_on_random_text(text, extra) -> None:
+    """Property: on any text (many ties, repeated pairs, multi-byte characters) our trainer
+    and tokenizers' BpeTrainer learn the same merges and encode identically."""
+    ours = BPETokenizer.train(text, 256 + extra)
+    hf = train_hf_bpe(text, 256 + extra)
+    assert [(_printable(ours, a), _printable(ours, b)) for a, b in ours.merges] == _hf_merges(hf)
+    assert [_printable(ours, i) for i in ours.encode(text)] == hf.encode(text).tokens
+    assert ours.decode(ours.encode(text)) == text
+
+
+def test_bpe_training_never_merges_across_special_tokens() -> None:
+    tok = BPETokenizer.train("ab<|endoftext|>ab<|endoftext|>" * 20, 300, special_tokens=["<|endoftext|>"])
+    learned = {tok.vocab[new] for new in tok.merges.values()}
+    assert learned == {b"ab"}  # "b<" or "|>" etc. would only come from the special token's text
+    assert tok.encode("ab<|endoftext|>") == [256, tok.special_tokens["<|endoftext|>"]]
