@@ -36,7 +36,7 @@ help:
 	@echo "make test      run the whole test suite (sets everything up first)"
 	@echo "make lab       open JupyterLab in the course environment (students)"
 	@echo "make release   regenerate exercises/ from solutions/ (instructors)"
-	@echo "make grade SUBMISSIONS=dir-or-zips ASSIGNMENT=01-lm   grade a batch (instructors)"
+	@echo "make grade SUBMISSIONS=dir-or-zips ASSIGNMENT=01-lm [WORKERS=2]   grade a batch (instructors)"
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,7 +80,7 @@ release: setup
 	$(PY) -m lmlib.course release
 
 grade: setup system-deps
-	$(PY) -m lmlib.course grade $(ASSIGNMENT) $(SUBMISSIONS)
+	$(PY) -m lmlib.course grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS))
 
 clean:
 	rm -rf _build .pytest_cache
