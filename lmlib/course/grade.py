@@ -68,7 +68,7 @@ __all__ = [
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024  # a notebook file larger than this is refused
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
 _STUDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
-REFERENCE_HIDDEN = "not available while grading"
+REFERENCE_HIDDEN = "is the reference implementation graded by"
 #: entries of $LMLIB_CACHE never shown to a sandbox: trained models (lmlib.zoo) and lock files
 HIDDEN_CACHE_ENTRIES = frozenset({"checkpoints", "locks"})
 
@@ -503,7 +503,7 @@ def _strip_check_module(source: str) -> str:
     compute answers)."""
     tree = ast.parse(source)
     trusted_methods = {"make_inputs", "expected", "compare"}
-    stub_body = ast.parse('raise RuntimeError("trusted grading code: not available while grading")').body
+    stub_body = ast.parse('raise RuntimeError("trusted grading code: not part of the student side of a check")').body
     funcs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
     def names_in(nodes: Iterable[ast.AST]) -> set[str]:
