@@ -226,6 +226,10 @@ def _etc_binds(staging: Path, uid: int) -> list[str]:
     return out
 
 
+# tmpfs mounts, created before the binds: folders made inside them need explicit permissions
+_WRITABLE_AT_SETUP = frozenset({"/tmp", "/dev/shm"})
+
+
 def _ancestor_dirs(dests: Sequence[str], mounted: set[str]) -> list[str]:
     """``--perms 0755 --dir`` for every parent folder of a bind target (bwrap would make them 0700)."""
     seen: list[str] = []
@@ -234,8 +238,11 @@ def _ancestor_dirs(dests: Sequence[str], mounted: set[str]) -> list[str]:
         cur = ""
         for part in parts:
             cur += "/" + part
-            if cur in mounted or any(cur.startswith(m + "/") for m in mounted):
-                break
+            if cur in mounted:
+                continue  # a mount point of its own (e.g. the /tmp tmpfs): look further down
+            if any(cur.startswith(m + "/") for m in mounted - _WRITABLE_AT_SETUP):
+                break  # inside a read-only bind: nothing can be created there
+            # (inside a tmpfs such as /tmp, bwrap would create the folder 0700: make it 0755)
             if cur not in seen:
                 seen.append(cur)
     out: list[str] = []
