@@ -21,6 +21,9 @@ export LMLIB_CACHE ?= $(CURDIR)/.cache/lmlib
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# transformers/huggingface_hub progress bars are tqdm.auto: in an executed notebook they become
+# Jupyter widgets, which the web book could only render with scripts from a CDN
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # nbgrader runs `alembic` and nbval/nbclient start `python -m ipykernel` by name: use the venv's
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

@@ -72,7 +72,8 @@ def built_book() -> Path:
     exe = Path(sys.executable).with_name("jupyter-book")
     env = dict(os.environ)
     env.setdefault("LMLIB_CACHE", str(ROOT / ".cache" / "lmlib"))
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # HF progress bars would become Jupyter widgets in the pages (scripts from a CDN): see Makefile
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     proc = subprocess.run(
         [str(exe), "build", str(ROOT), "--warningiserror", "--keep-going"],
         capture_output=True, text=True, env=env, timeout=3600,
