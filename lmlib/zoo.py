@@ -161,8 +161,12 @@ def cached_artifact(
     build: Callable[[], dict[str, Any]],
     *,
     train_if_missing: bool = True,
+    force: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load the checkpoint at ``path`` if it was made with ``key``; else ``build()`` and save it.
+
+    ``force=True`` builds and saves even when a matching checkpoint exists (status reason
+    ``"forced"``): the page that teaches training trains, whatever an earlier page cached.
 
     ``build`` returns the payload to save (a dict of tensors and plain data). The whole
     check-build-save runs under an inter-process lock, so two notebooks executing at the
@@ -182,7 +186,9 @@ def cached_artifact(
     path = Path(path)
     with file_lock("zoo-" + path.name):
         reason = "missing"
-        if path.exists():
+        if force:
+            reason = "forced"
+        elif path.exists():
             try:
                 payload = load_checkpoint(path)
             except CheckpointError as exc:
@@ -243,6 +249,7 @@ def pretrained_char_gpt(
     train_config: Any = None,
     seed: int = 0,
     path: str | os.PathLike[str] | None = None,
+    retrain: bool = False,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The character-level Shakespeare GPT of chapter 5.2, loaded from the cache or trained.
 
@@ -254,6 +261,9 @@ def pretrained_char_gpt(
             recipe, about 0.8M parameters).
         seed: seeds the model's initialisation (``TrainConfig.seed`` seeds batches/dropout).
         path: checkpoint file; default ``<cache>/checkpoints/gpt-char-cpu.pt``.
+        retrain: train (and overwrite the checkpoint) even if this recipe is cached; chapter
+            5.2 uses it so that the page about training trains in every build. Training is
+            deterministic, so pages that load the checkpoint see the same weights.
     Returns:
         ``(model, tokenizer, info)``: the ``GPT`` in eval mode on the CPU, the
         ``CharTokenizer`` (train + val characters, V = 84), and a dict with ``source``
@@ -316,7 +326,7 @@ def pretrained_char_gpt(
             },
         }
 
-    payload, status = cached_artifact(path, key, build, train_if_missing=train_if_missing)
+    payload, status = cached_artifact(path, key, build, train_if_missing=train_if_missing, force=retrain)
     from lmlib.tokenize import CharTokenizer
 
     model = GPT(GPTConfig(**payload["gpt_config"]))

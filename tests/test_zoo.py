@@ -117,6 +117,10 @@ def test_cached_artifact_builds_once(tmp_path) -> None:
         cached_artifact(p, "", build)
     with pytest.raises(FileNotFoundError):
         cached_artifact(tmp_path / "none.pt", "k", build, train_if_missing=False)
+    _, s4 = cached_artifact(p, "k2", build, force=True)  # cached, but rebuilt on request
+    assert (s4["source"], s4["reason"]) == ("trained", "forced") and len(calls) == 3
+    _, s5 = cached_artifact(p, "k2", build)
+    assert s5["source"] == "cache" and len(calls) == 3
 
 
 # --------------------------------------------------------------------------- the char GPT
