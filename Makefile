@@ -25,6 +25,9 @@ export TOKENIZERS_PARALLELISM := false
 # Jupyter widgets, which the web book could only render with scripts from a CDN
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# every Jupyter kernel (book build, nbval, nbgrader, JupyterLab) listens on private Unix-domain
+# sockets, not TCP ports on localhost that another process can take first (lmlib/course/kernels.py)
+export JUPYTER_DEFAULT_PROVISIONER_NAME := lmlib-ipc-provisioner
 # nbgrader runs `alembic` and nbval/nbclient start `python -m ipykernel` by name: use the venv's
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 

@@ -180,6 +180,8 @@ def test_solution_passes_validation(aid):
     out = _validate(_solution(aid))
     assert "Success! Your notebook passes all the tests." in out, out[-3000:]
     assert "VALIDATION FAILED" not in out and "Traceback" not in out, out[-3000:]
+    # the kernel ran on private Unix sockets (conftest.py, lmlib.course.kernels), not TCP ports
+    assert "running over TCP" not in out, out[-3000:]
 
 
 # ----------------------------------------------------------------------------- (d) the grading contract
