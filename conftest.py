@@ -7,4 +7,6 @@ the moment the kernel binds it (see :mod:`lmlib.course.kernels`). ``make`` expor
 
 import os
 
-os.environ.setdefault("JUPYTER_DEFAULT_PROVISIONER_NAME", "lmlib-ipc-provisioner")
+from lmlib.course.kernels import ENTRY_POINT
+
+os.environ.setdefault("JUPYTER_DEFAULT_PROVISIONER_NAME", ENTRY_POINT)

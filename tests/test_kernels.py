@@ -12,8 +12,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from lmlib.course.kernels import ENTRY_POINT
 
 START_AND_PROBE = """
@@ -50,7 +48,6 @@ def _probe(env_name: str | None, **km_kwargs) -> dict:
     return json.loads(line[len("REPORT "):])
 
 
-@pytest.mark.slow
 def test_course_kernels_listen_on_private_unix_sockets_and_clean_up():
     rep = _probe(ENTRY_POINT)
     assert rep["provisioner"] == "IPCProvisioner"
@@ -63,7 +60,6 @@ def test_course_kernels_listen_on_private_unix_sockets_and_clean_up():
     assert not rep["folder_left"], "the socket folder must be removed when the kernel shuts down"
 
 
-@pytest.mark.slow
 def test_without_the_setting_jupyter_client_uses_tcp():
     """The control: the plain LocalProvisioner chooses TCP ports (what the race is about)."""
     rep = _probe(None)
@@ -72,7 +68,6 @@ def test_without_the_setting_jupyter_client_uses_tcp():
     assert all(isinstance(p, int) and p > 1024 for p in rep["ports"])
 
 
-@pytest.mark.slow
 def test_an_explicit_transport_choice_is_respected(tmp_path):
     ip = str(tmp_path / "mine")
     rep = _probe(ENTRY_POINT, transport="ipc", ip=ip)
@@ -90,7 +85,6 @@ def test_this_test_session_selects_the_ipc_provisioner():
         "lmlib is not installed with its entry points: run `make setup`")
 
 
-@pytest.mark.slow
 def test_nbclient_executes_a_notebook_on_unix_sockets(tmp_path):
     """The path the book build (jupyter-cache), nbval and nbgrader take: nbclient + a kernelspec."""
     code = textwrap.dedent("""

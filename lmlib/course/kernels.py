@@ -12,7 +12,7 @@ reach them (TCP kernel ports are open to every local user, which is what ipykern
 
 How: :class:`IPCProvisioner` is a kernel provisioner (the jupyter_client ≥ 7 mechanism for
 how a kernel is launched), registered under the entry point ``lmlib-ipc-provisioner`` in
-``pyproject.toml``. The course's ``Makefile`` (and ``tests/conftest.py``) set
+``pyproject.toml``. The course's ``Makefile`` (and the root ``conftest.py``) set
 ``JUPYTER_DEFAULT_PROVISIONER_NAME=lmlib-ipc-provisioner``, so every kernel that nbclient,
 nbval, nbgrader, Jupyter Book or JupyterLab starts through jupyter_client uses it. It behaves
 exactly like jupyter_client's ``LocalProvisioner`` except that, before the connection file is
@@ -44,7 +44,8 @@ class IPCProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km = self.parent
-        if km is not None and self._socket_dir is None and km.transport == "tcp" and is_local_ip(km.ip):
+        # on a restart the manager is already on ipc and keeps its folder
+        if km is not None and km.transport == "tcp" and is_local_ip(km.ip):
             # a short path: a Unix socket path is limited to ~104 bytes
             self._socket_dir = tempfile.mkdtemp(prefix="lmk-")  # mode 0700
             km.transport = "ipc"
