@@ -38,7 +38,7 @@ from lmlib.grading import (
 from lmlib.grading import plain as plain_mod
 from lmlib.grading.notebook import check_ids, inject_nonces, nbgrader_cells, test_cells
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- to_plain

@@ -352,12 +352,6 @@ def test_from_hf_bad_inputs():
 # ----------------------------------------------------------------------------- SmolLM2
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from lmlib.hf import load_smollm2
-
-    return load_smollm2()
-
 
 def test_smollm2_config_is_read_from_the_checkpoint(smollm2):
     cfg = LlamaConfig.from_hf(smollm2[0].config)

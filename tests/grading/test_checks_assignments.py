@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from lmlib.grading import check, generate_inputs, registered_checks
 from lmlib.grading.core import evaluate, read_result, write_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASSIGNMENTS = ["02-tokenize", "03-attention", "04-transformer", "05-optim", "06-rnn-embeddings", "07-train-gpt", "08-finetune"]
 HEAVY = {"07-train-gpt/train", "08-finetune/classifier", "08-finetune/classifier-hidden"}  # marked slow
 

@@ -170,10 +170,6 @@ def test_a_failed_conversion_leaves_nothing_behind(monkeypatch, tmp_path):
 # ----------------------------------------------------------------------------- SmolLM2 model
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return hf.load_smollm2()
-
 
 def test_smollm2_loads_as_llama_with_its_published_shape(smollm2):
     model, tok = smollm2

@@ -17,14 +17,7 @@ from hypothesis.extra.numpy import arrays
 from lmlib.attention import KVCache
 from lmlib.transformer import Block, FeedForward, LayerNorm, layer_norm
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one intra-op thread is faster, and much faster when the cores are shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --------------------------------------------------------------------------- layer norm
 

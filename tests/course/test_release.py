@@ -29,7 +29,7 @@ from lmlib.grading import registered_checks
 from lmlib.grading.notebook import check_ids, nbgrader_cells
 from lmlib.grading.notebook import test_cells as nb_test_cells
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ASSIGNMENTS = discover_assignments(REPO)
 KNOWN_IDS = {"01-lm", "02-tokenize", "03-attention", "04-transformer", "05-optim",
              "06-rnn-embeddings", "07-train-gpt", "08-finetune"}

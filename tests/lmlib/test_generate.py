@@ -15,14 +15,7 @@ from hypothesis.extra.numpy import arrays
 from lmlib.generate import generate, sample_next, top_k_filter, top_p_filter
 from lmlib.model import GPT, GPTConfig
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one intra-op thread is faster, and much faster when the cores are shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEG = float("-inf")
 

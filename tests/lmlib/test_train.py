@@ -17,17 +17,10 @@ import torch.nn.functional as F
 from lmlib.model import GPT, GPTConfig
 from lmlib.train import TrainConfig, TrainResult, cosine_lr, estimate_loss, get_batch, plot_losses, preset, train
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[2]
 V = 11
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster, and the 2-core CI machine is shared with torchrun workers
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _pattern_data(n: int = 3000) -> torch.Tensor:

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urljoin, urlparse
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
 
 # the first test to use built_book pays for the whole build (every chapter executed)
