@@ -71,10 +71,12 @@ book: setup
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is in _build/html/index.html"
 
-# The unit and integration tests (tests/), and nbval over the solution notebooks and the
-# chapters (--nbval-lax: every cell must run without error).
+# The unit and integration tests (tests/), and nbval over the solution notebooks
+# (--nbval-lax: every cell must run without error). The chapters run once, in the book build
+# that tests/book starts (its jupyter-cache is the same as `make book`'s); a test there checks
+# that every chapter cell ran without error, so nothing is trained twice.
 test: setup system-deps
-	$(PY) -m pytest tests solutions chapters --nbval-lax --nbval-cell-timeout=900 --durations=25
+	$(PY) -m pytest tests solutions --nbval-lax --nbval-cell-timeout=900 --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not book and not browser"

@@ -122,6 +122,30 @@ def test_every_chapter_was_executed_and_has_a_figure(built_book: Path) -> None:
         assert re.search(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', html), f"{page}: no figure produced by code"
 
 
+def test_every_chapter_cell_ran_without_error_in_the_build(built_book: Path) -> None:
+    """The build's own execution is the chapters' run: every code cell of every notebook page
+    ran (it has an execution count) and none raised. ``make test`` therefore does not execute
+    the chapters a second time with nbval; models trained on one page are trained once."""
+    import nbformat
+
+    executed = ROOT / "_build" / "jupyter_execute"
+    for page in toc_files():
+        if source_of(page).suffix != ".ipynb":
+            continue
+        path = executed / f"{page}.ipynb"
+        assert path.exists(), f"{page}: the build wrote no executed notebook ({path})"
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+        assert code, f"{page}: no code cells were executed"
+        not_run = [i for i, c in enumerate(nb.cells) if c in code and c.get("execution_count") is None]
+        assert not not_run, f"{page}: code cells {not_run} were not executed"
+        errors = [
+            (i, o.get("ename")) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"
+        ]
+        assert not errors, f"{page}: cells raised {errors}"
+
+
 def test_every_notebook_page_offers_the_notebook_download(built_book: Path) -> None:
     for page in toc_files():
         if source_of(page).suffix != ".ipynb":
