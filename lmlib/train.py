@@ -127,7 +127,8 @@ class TrainConfig:
             check_float(f"TrainConfig.{name}", getattr(self, name), min=0, max=1, max_inclusive=False)
         decay = self.max_steps if self.lr_decay_steps is None else self.lr_decay_steps
         if self.warmup_steps > decay:
-            raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) exceeds the decay length ({decay})")
+            raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) exceeds the decay length ({decay}): "
+                             f"lower warmup_steps (--warmup-steps) or raise max_steps")
         if self.resume and self.out_dir is None:
             raise ValueError("TrainConfig.resume=True needs out_dir (where ckpt.pt is)")
 
