@@ -25,6 +25,12 @@ exactly what one process does with ``batch_size`` N·B (tested). The process gro
 from the ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` variables torchrun
 exports, with the ``nccl`` backend on CUDA and ``gloo`` on the CPU.
 
+**Command line**: ``python -m lmlib.train --preset {cpu,gpu,tiny} [--max-steps N ...]``.
+The preset (:data:`PRESETS`) is the single source of defaults; each flag overrides the
+:class:`TrainConfig` or ``GPTConfig`` field of the same name. ``benchmarks/train_gpt.py``
+uses the same parser (:func:`arg_parser`) and prints a table of its own. Checkpoints are
+:mod:`lmlib.checkpoint` files (atomic writes, sha256 and format number checked on load).
+
 The learning-rate schedule (Loshchilov and Hutter, 2016, *SGDR*, arXiv:1608.03983, for the
 cosine; Goyal et al., 2017, arXiv:1706.02677, for the warm-up) and the hyper-parameters of the
 ``gpu`` preset are nanoGPT's shakespeare-char recipe.
@@ -39,7 +45,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
+
+from lmlib._validate import check_float, check_int
+from lmlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
     "TrainConfig",
@@ -58,6 +67,11 @@ __all__ = [
     "plot_losses",
     "PRESETS",
     "preset",
+    "arg_parser",
+    "configs_from_args",
+    "load_data",
+    "build_from_args",
+    "print_sample",
     "main",
 ]
 
@@ -98,28 +112,23 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_iters", "log_interval"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+            check_int(f"TrainConfig.{name}", getattr(self, name), min=1)
         for name in ("warmup_steps", "eval_interval", "checkpoint_interval"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {v!r}")
+            check_int(f"TrainConfig.{name}", getattr(self, name), min=0)
         for name in ("block_size", "eval_batch_size", "lr_decay_steps"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"TrainConfig.{name} must be None or a positive integer, got {v!r}")
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig needs lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(
-                f"TrainConfig.weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}"
-            )
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"TrainConfig betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
+            if getattr(self, name) is not None:  # None = the default documented above
+                check_int(f"TrainConfig.{name}", getattr(self, name), min=1)
+        # real, finite numbers only: a NaN would silently turn every update into NaN
+        check_float("TrainConfig.lr", self.lr, min=0, min_inclusive=False)
+        check_float("TrainConfig.min_lr", self.min_lr, min=0, max=self.lr)
+        check_float("TrainConfig.weight_decay", self.weight_decay, min=0)
+        check_float("TrainConfig.grad_clip", self.grad_clip, min=0)
+        for name in ("beta1", "beta2"):
+            check_float(f"TrainConfig.{name}", getattr(self, name), min=0, max=1, max_inclusive=False)
         decay = self.max_steps if self.lr_decay_steps is None else self.lr_decay_steps
         if self.warmup_steps > decay:
-            raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) exceeds the decay length ({decay})")
+            raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) exceeds the decay length ({decay}): "
+                             f"lower warmup_steps (--warmup-steps) or raise max_steps")
         if self.resume and self.out_dir is None:
             raise ValueError("TrainConfig.resume=True needs out_dir (where ckpt.pt is)")
 
@@ -301,8 +310,8 @@ def cosine_lr(step: int, *, warmup: int, max_steps: int, max_lr: float, min_lr: 
             raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
     if warmup > max_steps:
         raise ValueError(f"warmup ({warmup}) must not exceed max_steps ({max_steps})")
-    if not max_lr > 0 or not 0 <= min_lr <= max_lr:
-        raise ValueError(f"need max_lr > 0 and 0 <= min_lr <= max_lr, got max_lr={max_lr}, min_lr={min_lr}")
+    max_lr = check_float("max_lr", max_lr, min=0, min_inclusive=False)
+    min_lr = check_float("min_lr", min_lr, min=0, max=max_lr)
     if step < warmup:
         return max_lr * (step + 1) / (warmup + 1)
     if step >= max_steps:
@@ -316,17 +325,39 @@ def cosine_lr(step: int, *, warmup: int, max_steps: int, max_lr: float, min_lr: 
 
 @dataclass
 class _Dist:
+    """This process's place in a data-parallel run (one process: rank 0 of 1)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False
+    owns_group: bool = False  # train() created the process group, so it destroys it
 
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of ``t`` over all processes (``t`` itself with one process)."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t /= self.world_size
+        return t
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if ``flag`` is true on any (so that all stop together)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor(float(flag))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t)
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
 
 def _setup_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); pick this rank's GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if dist.is_available() and dist.is_initialized():
         d = _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), False)
@@ -347,7 +378,210 @@ def _setup_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
     return d, device
 
 
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- one training run
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`train` sets up once and every step reads."""
+
+    config: TrainConfig
+    raw: nn.Module  # the model itself: checkpoints and evaluation use it
+    fwd: nn.Module  # what the training forward pass calls: raw, compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    train_data: torch.Tensor  # (N_train,) on device
+    val_data: torch.Tensor  # (N_val,) on device
+    block_size: int  # T
+    device: torch.device
+    ddp: _Dist
+    batch_gen: torch.Generator  # the batch sampler's (CPU) generator, the same on every rank
+    amp_dtype: torch.dtype | None  # bf16 autocast on CUDA, else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+
+
+def _check_inputs(
+    model: nn.Module, train_data: Any, val_data: Any, config: TrainConfig | None, max_seconds: Any, stop_after: Any
+) -> tuple[TrainConfig, torch.Tensor, torch.Tensor, int]:
+    """Validate :func:`train`'s arguments once; return the config, the two id tensors and T."""
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if max_seconds is not None:
+        check_float("max_seconds", max_seconds, min=0, min_inclusive=False, allow_inf=True)
+    if stop_after is not None:
+        check_int("stop_after", stop_after, min=1)
+    train_data = _as_token_tensor(train_data, "train_data")
+    val_data = _as_token_tensor(val_data, "val_data")
+    mcfg = getattr(model, "config", None)
+    T = config.block_size or getattr(mcfg, "block_size", None)
+    if T is None:
+        raise ValueError("config.block_size is required when the model has no config.block_size")
+    if mcfg is not None and T > mcfg.block_size:
+        raise ValueError(f"config.block_size ({T}) exceeds the model's block_size ({mcfg.block_size})")
+    V = getattr(mcfg, "vocab_size", None)
+    for name, d in (("train_data", train_data), ("val_data", val_data)):
+        if len(d) <= T:
+            raise ValueError(f"{name} has {len(d)} tokens; need more than block_size={T}")
+        if V is not None and (int(d.min()) < 0 or int(d.max()) >= V):
+            raise ValueError(f"{name} holds token ids in [{int(d.min())}, {int(d.max())}], "
+                             f"outside the vocabulary [0, {V})")
+    return config, train_data, val_data, T
+
+
+def _setup_run(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], config: TrainConfig, T: int,
+    ddp: _Dist, device: torch.device, optimizer: torch.optim.Optimizer | None,
+) -> _Run:
+    """Model and data on the device, the optimizer, the seeded generators (model not wrapped yet)."""
+    model.to(device)
+    train_data, val_data = (d.to(device) for d in data)
+    if optimizer is None:
+        betas = (config.beta1, config.beta2)
+        if hasattr(model, "configure_optimizers"):
+            optimizer = model.configure_optimizers(config.weight_decay, config.lr, betas, device.type)
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas,
+                                          weight_decay=config.weight_decay)
+    batch_gen = torch.Generator().manual_seed(config.seed)  # same on every rank: global batch, own slice
+    torch.manual_seed(config.seed + ddp.rank)  # dropout masks differ between ranks
+    bf16 = device.type == "cuda" and config.amp and torch.cuda.is_bf16_supported()
+    return _Run(config, model, model, optimizer, train_data, val_data, T, device, ddp, batch_gen,
+                torch.bfloat16 if bf16 else None)
+
+
+def _wrap_model(run: _Run) -> nn.Module:
+    """``torch.compile`` (CUDA, if asked) and DDP (several processes) around the raw model."""
+    fwd: nn.Module = run.raw
+    cuda = run.device.type == "cuda"
+    if run.config.compile and cuda:
+        fwd = torch.compile(fwd)  # type: ignore[assignment]
+    if run.ddp.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        fwd = DDP(fwd, device_ids=[run.device.index] if cuda else None)
+    return fwd
+
+
+def _train_step(run: _Run, step: int) -> tuple[float, torch.Tensor]:
+    """One update at ``step`` (0-based): set the LR, accumulate micro-batches, clip, step.
+
+    Returns ``(lr, loss)``: the learning rate used and the mean micro-batch loss over all
+    processes, a 0-d tensor left on the device (reading it would wait for the device).
+    """
+    c = run.config
+    lr = cosine_lr(step, warmup=c.warmup_steps, max_steps=c.lr_decay_steps or c.max_steps, max_lr=c.lr,
+                   min_lr=c.min_lr)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    for micro in range(c.grad_accum_steps):
+        x, y = get_batch(run.train_data, run.block_size, c.batch_size, generator=run.batch_gen, rank=run.ddp.rank,
+                         world_size=run.ddp.world_size)  # (B, T) each, on device
+        last = micro == c.grad_accum_steps - 1
+        sync = run.fwd.no_sync() if (run.ddp.enabled and not last) else contextlib.nullcontext()
+        with sync:
+            with run.autocast():
+                _, loss = run.fwd(x, y)
+            (loss / c.grad_accum_steps).backward()  # DDP averages grads on the last micro-batch
+        loss_sum += loss.detach().float()
+    if c.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.raw.parameters(), c.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr, run.ddp.mean(loss_sum / c.grad_accum_steps)
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+class _Log:
+    """The run's record: per-step losses, evaluations, wall-clock time and the progress bar.
+
+    Per-step losses stay on the device and are read ``log_interval`` at a time (one device
+    sync each). Times: ``elapsed`` and ``train_time`` of earlier (resumed) sessions are in
+    ``result``; this session's are measured from the construction of this object.
+    """
+
+    def __init__(self, run: _Run, result: TrainResult, start_step: int, callback: Callable | None) -> None:
+        self.run, self.result, self.callback = run, result, callback
+        show = run.config.progress and run.ddp.rank == 0
+        self.bar = tqdm(total=run.config.max_steps, initial=start_step, desc="train", unit="step") if show else None
+        self.pending: list[torch.Tensor] = []  # this interval's losses, on the device
+        self.last_lr = float("nan")
+        self.eval_seconds = 0.0  # spent in evaluations in this session
+        self.t0 = time.perf_counter()
+
+    def session_seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def record(self, step: int, lr: float, loss: torch.Tensor) -> None:
+        """Note update number ``step`` (1-based)."""
+        self.pending.append(loss)
+        self.result.steps.append(step)
+        self.result.lrs.append(lr)
+        self.last_lr = lr
+        if len(self.pending) >= self.run.config.log_interval or step == self.run.config.max_steps:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the pending losses from the device into ``result.train_losses``."""
+        if not self.pending:
+            return
+        vals = torch.stack(self.pending).tolist()
+        self.result.train_losses.extend(vals)
+        self.pending.clear()
+        if self.bar is not None:
+            self.bar.update(len(vals))
+            self.bar.set_postfix(loss=f"{vals[-1]:.4f}", lr=f"{self.last_lr:.2e}")
+
+    def eval_due(self, step: int) -> bool:
+        every = self.run.config.eval_interval
+        return bool(every) and step % every == 0 and step not in self.result.eval_steps
+
+    def evaluate(self, step: int) -> None:
+        """Estimate the val and train loss (eval mode, fixed windows) after ``step`` updates."""
+        t_eval = time.perf_counter()
+        run, c = self.run, self.run.config
+        kw = dict(block_size=run.block_size, batch_size=c.eval_batch_size or c.batch_size, eval_iters=c.eval_iters,
+                  device=run.device, amp_dtype=run.amp_dtype)
+        val = estimate_loss(run.raw, run.val_data, seed=c.seed + 1, **kw)
+        tr = estimate_loss(run.raw, run.train_data, seed=c.seed + 2, **kw)
+        r = self.result
+        r.eval_steps.append(step)
+        r.val_losses.append(val)
+        r.train_eval_losses.append(tr)
+        r.eval_times.append(r.elapsed + self.session_seconds())
+        self.eval_seconds += time.perf_counter() - t_eval
+        if self.bar is not None:
+            self.bar.write(f"step {step}: train {tr:.4f}, val {val:.4f}")
+        if self.callback is not None:
+            self.callback(step, r)
+
+    def snapshot(self, step: int) -> dict[str, Any]:
+        """``result`` as a dict, with this session's time so far added (for a checkpoint)."""
+        snap = asdict(self.result)
+        now = self.session_seconds()
+        snap.update(final_step=step, elapsed=self.result.elapsed + now,
+                    train_time=self.result.train_time + now - self.eval_seconds)
+        return snap
+
+    def finish(self, step: int) -> None:
+        """Add this session's times to ``result``."""
+        self.result.final_step = step
+        now = self.session_seconds()
+        self.result.elapsed += now
+        self.result.train_time += now - self.eval_seconds
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- checkpoints
 
 
 def _rng_state(device: torch.device, gen: torch.Generator) -> dict[str, Any]:
@@ -364,257 +598,157 @@ def _set_rng_state(state: dict[str, Any], device: torch.device, gen: torch.Gener
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train(
-    model: nn.Module,
-    train_data: torch.Tensor | Sequence[int],
-    val_data: torch.Tensor | Sequence[int],
-    config: TrainConfig | None = None,
-    *,
-    max_seconds: float | None = None,
-    stop_after: int | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    callback: Callable[[int, TrainResult], None] | None = None,
-) -> TrainResult:
+class _Checkpoints:
+    """``out_dir/ckpt.pt``: everything an exact resume needs, as an :mod:`lmlib.checkpoint` file.
+
+    The file holds the model (unwrapped from DDP/compile), the optimizer, the step, every
+    process's RNG states (torch's, CUDA's, the batch sampler's), the result so far, both
+    configs and the number of processes. Only rank 0 writes it; all ranks read it.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.path = Path(config.out_dir) / CHECKPOINT_NAME if config.out_dir else None
+
+    def due(self, step: int) -> bool:
+        every = self.config.checkpoint_interval
+        return bool(every) and step % every == 0 and step < self.config.max_steps
+
+    def restore(self, run: _Run, result: TrainResult) -> tuple[TrainResult, int]:
+        """Load the checkpoint into ``run`` if resuming and it exists; ``(result, step)`` to continue from."""
+        if not (self.config.resume and self.path is not None and self.path.exists()):
+            return result, 0
+        ckpt = load_checkpoint(self.path)
+        missing = {"model", "optimizer", "step", "rng", "result", "world_size"} - set(ckpt)
+        if missing:
+            raise CheckpointError(f"{self.path} is not a training checkpoint (no {', '.join(sorted(missing))})")
+        if ckpt["world_size"] != run.ddp.world_size:
+            raise ValueError(
+                f"checkpoint {self.path} was written by {ckpt['world_size']} processes, this run has "
+                f"{run.ddp.world_size}; resume with the same number for an identical continuation"
+            )
+        run.raw.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"][run.ddp.rank], run.device, run.batch_gen)
+        return TrainResult(**ckpt["result"]), ckpt["step"]
+
+    def save(self, run: _Run, step: int, result: dict[str, Any]) -> None:
+        """Write the state after ``step`` updates (``result``: :meth:`_Log.snapshot`); all ranks call it."""
+        if self.path is None:
+            return
+        rngs: list[Any] = [None] * run.ddp.world_size
+        if run.ddp.enabled:
+            dist.all_gather_object(rngs, _rng_state(run.device, run.batch_gen))
+        else:
+            rngs = [_rng_state(run.device, run.batch_gen)]
+        if run.ddp.rank == 0:
+            mcfg = getattr(run.raw, "config", None)
+            save_checkpoint(self.path, {
+                "model": run.raw.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "step": step,
+                "rng": rngs,
+                "result": result,
+                "train_config": asdict(self.config),
+                "model_config": asdict(mcfg) if is_dataclass(mcfg) else None,
+                "world_size": run.ddp.world_size,
+            })
+        if run.ddp.enabled:
+            dist.barrier()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _start(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], config: TrainConfig, T: int,
+    ddp: _Dist, device: torch.device, optimizer: torch.optim.Optimizer | None,
+) -> tuple[_Run, _Checkpoints, TrainResult, int]:
+    """Set up the run, resume it if asked, wrap the model: ``(run, checkpoints, result, first step)``."""
+    if getattr(model, "check_token_ids", None) is not None:
+        model.check_token_ids = False  # the data were checked once, in _check_inputs
+    run = _setup_run(model, data, config, T, ddp, device, optimizer)
+    ckpts = _Checkpoints(config)
+    fresh = TrainResult(tokens_per_step=config.batch_size * T * config.grad_accum_steps * ddp.world_size,
+                        world_size=ddp.world_size)
+    result, step = ckpts.restore(run, fresh)
+    run.fwd = _wrap_model(run)
+    run.fwd.train()
+    return run, ckpts, result, step
+
+
+def _end(run: _Run, log: _Log, ckpts: _Checkpoints, step: int, *, final_eval: bool) -> None:
+    """The end of a run: read the last losses, evaluate, checkpoint, add this session's times.
+
+    An interrupted run (``stop_after``) skips the evaluation, so that the resumed run's
+    curve has the same evaluation points as an uninterrupted one.
+    """
+    log.flush()
+    if final_eval and step not in log.result.eval_steps:
+        log.evaluate(step)
+    ckpts.save(run, step, log.snapshot(step))
+    log.finish(step)
+
+
+def train(model: nn.Module, train_data: torch.Tensor | Sequence[int], val_data: torch.Tensor | Sequence[int],
+          config: TrainConfig | None = None, *, max_seconds: float | None = None, stop_after: int | None = None,
+          optimizer: torch.optim.Optimizer | None = None,
+          callback: Callable[[int, TrainResult], None] | None = None) -> TrainResult:
     """Train ``model`` on ``train_data``, evaluating on ``val_data`` (chapters 3.2 and 5.2).
+
+    The recipe: join torchrun's process group, if any; put the model and data on the device
+    with an optimizer and seeded generators; resume from ``out_dir/ckpt.pt`` if asked; then
+    until ``max_steps``: evaluate every ``eval_interval`` steps, take one update, record it,
+    checkpoint every ``checkpoint_interval`` steps; at the end evaluate and checkpoint.
 
     Args:
         model: an ``lmlib.model.GPT`` (anything whose ``forward(x, y)`` returns
-            ``(logits, loss)``). It is trained in place, on ``config.device``.
-        train_data, val_data: 1-D token-id tensors (e.g. ``CharTokenizer.encode`` output).
+            ``(logits, loss)``), trained in place on ``config.device``.
+        train_data, val_data: 1-D token-id tensors (e.g. from ``lmlib.data.char_corpus``).
         config: a :class:`TrainConfig` (default: ``TrainConfig()``).
-        max_seconds: stop (and evaluate, and checkpoint) once this much wall-clock time has
-            passed; the LR schedule still follows ``max_steps``.
-        stop_after: stop after this many updates, as if interrupted (checkpoint saved); a
-            later call with ``config.resume=True`` continues the same run.
+        max_seconds: stop (evaluate, checkpoint) after this much wall-clock time; the LR
+            schedule still follows ``max_steps``.
+        stop_after: stop after this many updates as if interrupted (checkpoint, no final
+            evaluation); a later call with ``config.resume=True`` continues the run.
         optimizer: default ``model.configure_optimizers(...)`` (AdamW, decay on 2-D weights)
-            or plain ``torch.optim.AdamW``. Its learning rate is overwritten every step.
+            or plain ``torch.optim.AdamW``; its learning rate is overwritten every step.
         callback: called as ``callback(step, result)`` after each evaluation.
     Returns:
-        A :class:`TrainResult`: per-update losses and LRs, evaluations, timings.
+        A :class:`TrainResult` (per-update losses and LRs, evaluations, timings); the same
+        on every process under torchrun.
 
-    Side effects: the model moves to ``config.device``; torch's global RNG is seeded with
-    ``config.seed + rank`` (it drives dropout), so the run is reproducible.
-
-    Run under ``torchrun`` (``WORLD_SIZE > 1``) this function joins the process group and
-    trains data-parallel; every process returns the same result.
-
-    Checkpoints (``out_dir/ckpt.pt``) hold the model (unwrapped from DDP/compile), the
-    optimizer, the step, every process's RNG states, the batch sampler's generator and the
-    result so far. Resuming restores all of them, so the loss curve continues exactly (on
-    CPU bit for bit; CUDA kernels may not be bitwise deterministic).
+    Side effects: torch's global RNG is seeded with ``config.seed + rank`` (it drives
+    dropout). A resumed run continues the loss curve exactly (on CPU bit for bit).
     """
     from lmlib.device import get_device
 
-    if config is None:
-        config = TrainConfig()
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds!r}")
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
-        raise ValueError(f"stop_after must be None or a positive integer, got {stop_after!r}")
-    train_data = _as_token_tensor(train_data, "train_data")
-    val_data = _as_token_tensor(val_data, "val_data")
-    mcfg = getattr(model, "config", None)
-    T = config.block_size or getattr(mcfg, "block_size", None)
-    if T is None:
-        raise ValueError("config.block_size is required when the model has no config.block_size")
-    if mcfg is not None and T > mcfg.block_size:
-        raise ValueError(f"config.block_size ({T}) exceeds the model's block_size ({mcfg.block_size})")
-    for name, d in (("train_data", train_data), ("val_data", val_data)):
-        if len(d) <= T:
-            raise ValueError(f"{name} has {len(d)} tokens; need more than block_size={T}")
-        V = getattr(mcfg, "vocab_size", None)
-        if V is not None and (int(d.min()) < 0 or int(d.max()) >= V):
-            raise ValueError(f"{name} holds token ids in [{int(d.min())}, {int(d.max())}], outside the vocabulary [0, {V})")
-
-    device = get_device(config.device)
-    ddp, device = _setup_distributed(device)
-    is_main = ddp.rank == 0
-    cuda = device.type == "cuda"
-    model.to(device)
-    train_data, val_data = train_data.to(device), val_data.to(device)
-    raw = model
-    had_check = getattr(raw, "check_token_ids", None)
-    if had_check is not None:
-        raw.check_token_ids = False  # the data were checked once above
-
-    decay_steps = config.lr_decay_steps or config.max_steps
-    if optimizer is None:
-        betas = (config.beta1, config.beta2)
-        if hasattr(raw, "configure_optimizers"):
-            optimizer = raw.configure_optimizers(config.weight_decay, config.lr, betas, device.type)
-        else:
-            optimizer = torch.optim.AdamW(raw.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay)
-    batch_gen = torch.Generator().manual_seed(config.seed)  # same on every rank: global batch, own slice
-    torch.manual_seed(config.seed + ddp.rank)  # dropout masks differ between ranks
-    eval_B = config.eval_batch_size or config.batch_size
-    result = TrainResult(
-        tokens_per_step=config.batch_size * T * config.grad_accum_steps * ddp.world_size, world_size=ddp.world_size
-    )
-    start_step = 0
-
-    ckpt_path = Path(config.out_dir) / CHECKPOINT_NAME if config.out_dir else None
-    if config.resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["world_size"] != ddp.world_size:
-            raise ValueError(
-                f"checkpoint {ckpt_path} was written by {ckpt['world_size']} processes, this run has "
-                f"{ddp.world_size}; resume with the same number for an identical continuation"
-            )
-        raw.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"][ddp.rank], device, batch_gen)
-        result = TrainResult(**ckpt["result"])
-        start_step = ckpt["step"]
-
-    amp_dtype = torch.bfloat16 if (cuda and config.amp and torch.cuda.is_bf16_supported()) else None
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    fwd_model: nn.Module = raw
-    if config.compile and cuda:
-        fwd_model = torch.compile(raw)  # type: ignore[assignment]
-    if ddp.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        fwd_model = DDP(fwd_model, device_ids=[device.index] if cuda else None)
-
-    def evaluate(step: int) -> None:
-        t_eval = time.perf_counter()
-        kw = dict(block_size=T, batch_size=eval_B, eval_iters=config.eval_iters, device=device, amp_dtype=amp_dtype)
-        val = estimate_loss(raw, val_data, seed=config.seed + 1, **kw)
-        tr = estimate_loss(raw, train_data, seed=config.seed + 2, **kw)
-        result.eval_steps.append(step)
-        result.val_losses.append(val)
-        result.train_eval_losses.append(tr)
-        result.eval_times.append(result.elapsed + (time.perf_counter() - t0))
-        nonlocal eval_seconds
-        eval_seconds += time.perf_counter() - t_eval
-        if bar is not None:
-            bar.write(f"step {step}: train {tr:.4f}, val {val:.4f}")
-        if callback is not None:
-            callback(step, result)
-
-    def save(step: int) -> None:
-        if ckpt_path is None:
-            return
-        rng = _rng_state(device, batch_gen)
-        rngs = [None] * ddp.world_size
-        if ddp.enabled:
-            dist.all_gather_object(rngs, rng)
-        else:
-            rngs = [rng]
-        if is_main:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            snap = asdict(result)
-            snap["final_step"] = step
-            snap["elapsed"] = result.elapsed + (time.perf_counter() - t0)
-            snap["train_time"] = result.train_time + (time.perf_counter() - t0 - eval_seconds)
-            state = {
-                "model": raw.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "rng": rngs,
-                "result": snap,
-                "train_config": asdict(config),
-                "model_config": asdict(mcfg) if mcfg is not None and hasattr(mcfg, "__dataclass_fields__") else None,
-                "world_size": ddp.world_size,
-            }
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)  # atomic: a crash never leaves half a checkpoint
-        if ddp.enabled:
-            dist.barrier()
-
-    bar = tqdm(
-        total=config.max_steps, initial=start_step, desc="train", unit="step", disable=not (config.progress and is_main)
-    )
-    bar = None if bar.disable else bar
-    t0 = time.perf_counter()
-    eval_seconds = 0.0
-    pending: list[torch.Tensor] = []
-    last_step = start_step
+    config, train_data, val_data, T = _check_inputs(model, train_data, val_data, config, max_seconds, stop_after)
+    ddp, device = _setup_distributed(get_device(config.device))
+    had_check = getattr(model, "check_token_ids", None)
+    log: _Log | None = None
     try:
-        fwd_model.train()
-        step = start_step
+        run, ckpts, result, step = _start(model, (train_data, val_data), config, T, ddp, device, optimizer)
+        log = _Log(run, result, step, callback)
         while step < config.max_steps:
-            if config.eval_interval and step % config.eval_interval == 0 and step not in result.eval_steps:
-                evaluate(step)
-            lr = cosine_lr(step, warmup=config.warmup_steps, max_steps=decay_steps, max_lr=config.lr, min_lr=config.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(config.grad_accum_steps):
-                x, y = get_batch(
-                    train_data, T, config.batch_size, generator=batch_gen, rank=ddp.rank, world_size=ddp.world_size
-                )  # (B, T) each, on device
-                last = micro == config.grad_accum_steps - 1
-                sync = fwd_model.no_sync() if (ddp.enabled and not last) else contextlib.nullcontext()
-                with sync:
-                    with autocast():
-                        _, loss = fwd_model(x, y)
-                    (loss / config.grad_accum_steps).backward()  # DDP averages grads on the last micro-batch
-                loss_sum += loss.detach().float()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if log.eval_due(step):
+                log.evaluate(step)
+            lr, loss = _train_step(run, step)
             step += 1
-            last_step = step
-            mean_loss = loss_sum / config.grad_accum_steps
-            if ddp.enabled:
-                dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)
-                mean_loss /= ddp.world_size
-            pending.append(mean_loss)
-            result.steps.append(step)
-            result.lrs.append(lr)
-            if len(pending) >= config.log_interval or step == config.max_steps:
-                vals = torch.stack(pending).tolist()  # one device sync per log_interval steps
-                result.train_losses.extend(vals)
-                pending.clear()
-                if bar is not None:
-                    bar.update(len(vals))
-                    bar.set_postfix(loss=f"{vals[-1]:.4f}", lr=f"{lr:.2e}")
-            if config.checkpoint_interval and step % config.checkpoint_interval == 0 and step < config.max_steps:
-                _flush(pending, result, bar)
-                save(step)
-            stop = stop_after is not None and step >= stop_after
-            if max_seconds is not None:
-                over = torch.tensor(float(time.perf_counter() - t0 >= max_seconds))
-                if ddp.enabled:
-                    dist.all_reduce(over, op=dist.ReduceOp.MAX)  # all ranks stop together
-                stop = stop or bool(over)
-            if stop:
+            log.record(step, lr, loss)
+            if ckpts.due(step):
+                log.flush()
+                ckpts.save(run, step, log.snapshot(step))
+            timed_out = max_seconds is not None and ddp.any(log.session_seconds() >= max_seconds)
+            if timed_out or (stop_after is not None and step >= stop_after):
                 break
-        _flush(pending, result, bar)
-        # end of the run (or stopped by max_seconds): a final evaluation; a simulated
-        # interruption (stop_after) skips it so the resumed curve has the same eval points
-        interrupted = stop_after is not None and last_step >= stop_after and last_step < config.max_steps
-        if not interrupted and last_step not in result.eval_steps:
-            evaluate(last_step)
-        result.final_step = last_step
-        save(last_step)  # (stores this session's time on top of result.elapsed / train_time)
-        elapsed = time.perf_counter() - t0
-        result.elapsed += elapsed
-        result.train_time += elapsed - eval_seconds
+        _end(run, log, ckpts, step, final_eval=not (stop_after is not None and stop_after <= step < config.max_steps))
     finally:
-        if bar is not None:
-            bar.close()
+        if log is not None:
+            log.close()
         if had_check is not None:
-            raw.check_token_ids = had_check
-        if ddp.owns_group:
-            dist.destroy_process_group()
+            model.check_token_ids = had_check
+        ddp.close()
     return result
-
-
-def _flush(pending: list[torch.Tensor], result: TrainResult, bar: Any) -> None:
-    if pending:
-        vals = torch.stack(pending).tolist()
-        result.train_losses.extend(vals)
-        pending.clear()
-        if bar is not None:
-            bar.update(len(vals))
 
 
 # --------------------------------------------------------------------------- plotting
@@ -665,18 +799,27 @@ def plot_losses(result: TrainResult, *, ax: Any = None, smooth: int = 20, title:
 
 
 #: Recipes for the character-level Shakespeare GPT: (GPTConfig kwargs, TrainConfig kwargs).
+#: The single source of the command line's defaults (``python -m lmlib.train`` and
+#: ``benchmarks/train_gpt.py``): a flag that is not given keeps the preset's value.
 #: ``gpu`` is nanoGPT's ``config/train_shakespeare_char.py``; ``cpu`` is the small recipe of
-#: chapter 5.2 (see benchmarks/README.md for its measured time and loss).
+#: chapter 5.2 (see benchmarks/README.md for its measured time and loss); ``tiny`` is a
+#: seconds-long smoke test. All use PyTorch's fused attention kernel (``sdpa``, the same
+#: function as lmlib's written-out attention, chapter 5.1, but faster).
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gpu": (
-        dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
+        dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, attn_impl="sdpa"),
         dict(batch_size=64, max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
              weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=200),
     ),
     "cpu": (
-        dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
+        dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, attn_impl="sdpa"),
         dict(batch_size=32, max_steps=600, lr=3e-3, min_lr=3e-4, warmup_steps=50, beta2=0.99,
              weight_decay=0.1, grad_clip=1.0, eval_interval=100, eval_iters=10),
+    ),
+    "tiny": (
+        dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, attn_impl="sdpa"),
+        dict(batch_size=8, max_steps=40, lr=3e-3, min_lr=3e-4, warmup_steps=5, beta2=0.99,
+             weight_decay=0.1, grad_clip=1.0, eval_interval=20, eval_iters=2),
     ),
 }
 
@@ -704,61 +847,97 @@ def preset(name: str, vocab_size: int, **overrides: Any):
     return GPTConfig(vocab_size=vocab_size, **mkw), TrainConfig(**tkw)
 
 
-def _load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, int, Any]:
-    """``shakespeare`` (characters) or a ``.pt`` file with {"train", "val", "vocab_size"}."""
-    if spec == "shakespeare":
-        from lmlib.data import shakespeare_text
-        from lmlib.tokenize import CharTokenizer
+#: the flags that override a preset's field of the same name (None = keep the preset's value)
+_CONFIG_FLAGS: list[tuple[str, type]] = [
+    ("n_layer", int), ("n_head", int), ("n_embd", int), ("dropout", float), ("max_steps", int), ("batch_size", int),
+    ("block_size", int), ("grad_accum_steps", int), ("lr", float), ("min_lr", float), ("warmup_steps", int),
+    ("weight_decay", float), ("grad_clip", float), ("eval_interval", int), ("eval_iters", int), ("seed", int),
+    ("device", str), ("out_dir", str), ("checkpoint_interval", int),
+]
+_SWITCHES = {"progress": "tqdm progress bar", "amp": "bf16 autocast (CUDA only)",
+             "compile": "torch.compile (CUDA only)"}
 
-        tr, va = shakespeare_text("train"), shakespeare_text("val")
-        tok = CharTokenizer.from_text(tr + va)
-        return torch.tensor(tok.encode(tr)), torch.tensor(tok.encode(va)), tok.vocab_size, tok
+
+def arg_parser(prog: str = "python -m lmlib.train", description: str | None = None) -> argparse.ArgumentParser:
+    """The training command line; ``benchmarks/train_gpt.py`` uses it too (and only adds its table)."""
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="the recipe every other flag overrides")
+    p.add_argument("--data", default="shakespeare", help="'shakespeare' or a .pt file {train, val, vocab_size}")
+    p.add_argument("--attn-impl", choices=["manual", "sdpa"], default=None)
+    for name, typ in _CONFIG_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
+    for name, what in _SWITCHES.items():
+        p.add_argument("--" + name, action=argparse.BooleanOptionalAction, default=None, help=what)
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--sample", type=int, default=0, help="print this many sampled characters at the end")
+    return p
+
+
+def configs_from_args(args: argparse.Namespace, vocab_size: int):
+    """``(GPTConfig, TrainConfig)``: the preset ``args.preset`` with every given flag applied."""
+    names = [n for n, _ in _CONFIG_FLAGS] + ["attn_impl", *_SWITCHES]
+    over = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.resume:
+        over["resume"] = True
+    return preset(args.preset, vocab_size, **over)
+
+
+def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, int, Any]:
+    """``(train_ids, val_ids, vocab_size, tokenizer)`` for ``--data``.
+
+    ``"shakespeare"``: :func:`lmlib.data.char_corpus` (tokenizer: its ``CharTokenizer``); or a
+    ``.pt`` file holding ``{"train", "val", "vocab_size"}`` (tokenizer: None).
+    """
+    if spec == "shakespeare":
+        from lmlib.data import char_corpus
+
+        tok, train_ids, val_ids = char_corpus()
+        return train_ids, val_ids, tok.vocab_size, tok
     blob = torch.load(spec, map_location="cpu", weights_only=True)
     return blob["train"], blob["val"], int(blob["vocab_size"]), None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lmlib.train`` (also under ``torchrun --nproc_per_node N -m lmlib.train``)."""
-    p = argparse.ArgumentParser(prog="python -m lmlib.train", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--data", default="shakespeare", help="'shakespeare' or a .pt file {train, val, vocab_size}")
-    for name, typ in [("n_layer", int), ("n_head", int), ("n_embd", int), ("dropout", float), ("attn_impl", str),
-                      ("max_steps", int), ("batch_size", int), ("block_size", int), ("grad_accum_steps", int),
-                      ("lr", float), ("min_lr", float), ("warmup_steps", int), ("weight_decay", float),
-                      ("grad_clip", float), ("eval_interval", int), ("eval_iters", int), ("seed", int),
-                      ("device", str), ("out_dir", str), ("checkpoint_interval", int)]:
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
-    p.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--max-seconds", type=float, default=None)
-    p.add_argument("--sample", type=int, default=0, help="print this many sampled characters at the end")
-    a = p.parse_args(argv)
+def build_from_args(args: argparse.Namespace) -> tuple[nn.Module, TrainConfig, torch.Tensor, torch.Tensor, Any]:
+    """``(model, train_config, train_ids, val_ids, tokenizer)``: what the command line trains.
 
+    Sets the thread count, loads the data, and builds the preset's GPT with weights seeded by
+    ``TrainConfig.seed`` (identical initial weights on every rank).
+    """
     from lmlib.model import GPT
 
-    train_data, val_data, vocab, tok = _load_data(a.data)
-    over = {k: v for k, v in vars(a).items() if v is not None and k not in
-            ("preset", "data", "resume", "compile", "no_amp", "no_progress", "max_seconds", "sample")}
-    over.update(resume=a.resume, compile=a.compile, amp=not a.no_amp, progress=not a.no_progress)
-    mcfg, tcfg = preset(a.preset, vocab, **over)
-    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
-    model = GPT(mcfg)
-    res = train(model, train_data, val_data, tcfg, max_seconds=a.max_seconds)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_ids, val_ids, vocab, tok = load_data(args.data)
+    mcfg, tcfg = configs_from_args(args, vocab)
+    torch.manual_seed(tcfg.seed)
+    return GPT(mcfg), tcfg, train_ids, val_ids, tok
+
+
+def print_sample(model: nn.Module, tok: Any, n: int) -> None:
+    """Print ``n`` characters sampled after a newline (temperature 0.8, top-k 40, seed 0)."""
+    from lmlib.generate import generate
+
+    start = torch.tensor([tok.encode("\n")], device=next(model.parameters()).device)  # (1, 1)
+    out = generate(model, start, n, temperature=0.8, top_k=40,
+                   generator=torch.Generator(device=start.device).manual_seed(0))
+    print(tok.decode(out[0].tolist()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lmlib.train`` (also under ``torchrun --nproc_per_node N -m lmlib.train``)."""
+    args = arg_parser().parse_args(argv)
+    model, tcfg, train_ids, val_ids, tok = build_from_args(args)
+    res = train(model, train_ids, val_ids, tcfg, max_seconds=args.max_seconds)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{'step':>6} {'train':>8} {'val':>8} {'time (s)':>9}")
         for s, tr, va, t in zip(res.eval_steps, res.train_eval_losses, res.val_losses, res.eval_times):
             print(f"{s:>6} {tr:>8.4f} {va:>8.4f} {t:>9.1f}")
         print(f"{res.final_step} steps, {res.elapsed:.1f} s, {res.tokens_per_sec:,.0f} tokens/s, "
               f"{res.world_size} process(es)")
-        if a.sample and tok is not None:
-            from lmlib.generate import generate
-
-            start = torch.tensor([tok.encode("\n")], device=next(model.parameters()).device)
-            out = generate(model, start, a.sample, temperature=0.8, top_k=40,
-                           generator=torch.Generator(device=start.device).manual_seed(0))
-            print(tok.decode(out[0].tolist()))
+        if args.sample and tok is not None:
+            print_sample(model, tok, args.sample)
     return 0
 
 

@@ -7,9 +7,9 @@ lmlib's cache (``<cache>/checkpoints/``, see :func:`lmlib._cache.cache_dir`) and
 A checkpoint is only reused when it was made by **the same recipe**: its file records a
 *cache key*, the sha256 of the model configuration, the training configuration, the seed
 and a digest of the training data. If any of them changes, the key changes and the model
-is trained again. Next to each checkpoint a ``.sha256`` file holds the digest of the
-checkpoint's bytes, so a truncated or corrupted file is detected (and, if allowed,
-retrained) instead of silently loaded.
+is trained again. The files are :mod:`lmlib.checkpoint` files (written atomically, with a
+format number and the sha256 of their bytes), so a truncated or corrupted file is detected
+(and, if allowed, retrained) instead of silently loaded.
 
 The same mechanism caches chapter 6's sentiment classifier head (:func:`sentiment_probe`).
 """
@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from lmlib._cache import cache_dir, file_lock, sha256_file
+from lmlib._cache import cache_dir, file_lock
+from lmlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
     "CheckpointError",
@@ -39,20 +40,10 @@ __all__ = [
     "SENTIMENT_RECIPE",
     "sentiment_probe",
     "cache_key",
-    "save_checkpoint",
-    "load_checkpoint",
     "cached_artifact",
     "corpus_digest",
     "pretrained_char_gpt",
 ]
-
-#: bump when the checkpoint layout changes: old files are then retrained, not misread
-CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file exists but is corrupt, truncated, or not an lmlib checkpoint."""
-
 
 # --------------------------------------------------------------------------- cache keys
 
@@ -99,60 +90,7 @@ def corpus_digest() -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------- checkpoint files
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write ``payload`` with ``torch.save`` atomically, plus a ``<name>.sha256`` sidecar.
-
-    The file is written to a temporary name and renamed, so a crash never leaves a
-    half-written checkpoint under the real name. Returns the path.
-    """
-    if not isinstance(payload, dict):
-        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-    digest = sha256_file(tmp)
-    tmp.replace(path)
-    _sidecar(path).write_text(digest + "\n")
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, after checking its sha256.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        CheckpointError: if the sidecar is missing, the bytes do not match it (corrupt or
-            truncated file), the file cannot be unpickled, or its format is unknown.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    side = _sidecar(path)
-    if not side.is_file():
-        raise CheckpointError(f"checkpoint {path} has no {side.name} digest; it cannot be verified")
-    expected = side.read_text().strip()
-    actual = sha256_file(path)
-    if actual != expected:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt: sha256 {actual[:16]}... does not match the recorded "
-            f"{expected[:16]}... (truncated or modified file)"
-        )
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise CheckpointError(f"checkpoint {path} could not be read: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"checkpoint {path} has format {fmt!r}, expected {CHECKPOINT_FORMAT}")
-    return data
+# --------------------------------------------------------------------------- cached artifacts
 
 
 def cached_artifact(
@@ -213,7 +151,7 @@ def cached_artifact(
             raise TypeError(f"build() must return a dict, got {type(payload).__name__}")
         payload = {**payload, "key": key}
         save_checkpoint(path, payload)
-        return {"format": CHECKPOINT_FORMAT, **payload}, {"source": "trained", "reason": reason, "path": str(path)}
+        return payload, {"source": "trained", "reason": reason, "path": str(path)}
 
 
 # --------------------------------------------------------------------------- the char GPT
@@ -230,16 +168,6 @@ def default_char_gpt_recipe(vocab_size: int = 84):
     from lmlib.train import preset
 
     return preset("cpu", vocab_size, attn_impl="sdpa", progress=False, out_dir=None)
-
-
-@functools.lru_cache(maxsize=1)
-def _char_data():
-    from lmlib.data import shakespeare_text
-    from lmlib.tokenize import CharTokenizer
-
-    tr, va = shakespeare_text("train"), shakespeare_text("val")
-    tok = CharTokenizer.from_text(tr + va)
-    return tok, torch.tensor(tok.encode(tr), dtype=torch.long), torch.tensor(tok.encode(va), dtype=torch.long)
 
 
 def pretrained_char_gpt(
@@ -276,12 +204,13 @@ def pretrained_char_gpt(
         FileNotFoundError / CheckpointError: no usable checkpoint and ``train_if_missing``
             is False. TypeError: configs of the wrong type.
     """
+    from lmlib.data import char_corpus
     from lmlib.model import GPT, GPTConfig
     from lmlib.train import TrainConfig, train
 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    tok, train_ids, val_ids = _char_data()
+    tok, train_ids, val_ids = char_corpus()
     default_g, default_t = default_char_gpt_recipe(tok.vocab_size)
     gcfg = default_g if gpt_config is None else gpt_config
     tcfg = default_t if train_config is None else train_config

@@ -38,6 +38,30 @@ def test_split_is_by_work_and_partitions_the_corpus() -> None:
     assert 0.07 < len(val) / len(everything) < 0.10
 
 
+def test_char_corpus_ids_are_char_tokenizer_encodings_of_the_split() -> None:
+    """The ids the chapters used to build by hand: CharTokenizer of train + val, encode each split."""
+    import torch
+
+    from lmlib.tokenize import CharTokenizer
+
+    train_text, val_text = data.shakespeare_text("train"), data.shakespeare_text("val")
+    ref_tok = CharTokenizer.from_text(train_text + val_text)
+    tok, train_ids, val_ids = data.char_corpus()
+    assert tok.chars == ref_tok.chars and tok.vocab_size == 84
+    assert train_ids.dtype == val_ids.dtype == torch.long and train_ids.dim() == val_ids.dim() == 1
+    assert torch.equal(train_ids, torch.tensor(ref_tok.encode(train_text)))
+    assert torch.equal(val_ids, torch.tensor(ref_tok.encode(val_text)))
+    assert tok.decode(val_ids[:200].tolist()) == val_text[:200]
+
+
+def test_char_corpus_returns_fresh_tensors() -> None:
+    first = data.char_corpus()
+    first.train[:10] = 0  # a caller scribbling on its copy ...
+    second = data.char_corpus()
+    assert second.tokenizer.encode(data.shakespeare_text("train")[:10]) == second.train[:10].tolist()  # ... is not seen
+    assert second.val is not first.val
+
+
 def test_bad_split_names_are_rejected() -> None:
     with pytest.raises(ValueError, match="split must be"):
         data.shakespeare_text("test")  # type: ignore[arg-type]

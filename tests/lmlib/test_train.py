@@ -14,8 +14,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lmlib.model import GPT, GPTConfig
-from lmlib.train import TrainConfig, TrainResult, cosine_lr, estimate_loss, get_batch, plot_losses, preset, train
+from lmlib.train import (
+    PRESETS,
+    TrainConfig,
+    TrainResult,
+    arg_parser,
+    configs_from_args,
+    cosine_lr,
+    estimate_loss,
+    get_batch,
+    main,
+    plot_losses,
+    preset,
+    train,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -234,7 +248,7 @@ def test_resume_gives_exactly_the_same_loss_curve(tmp_path) -> None:
     assert res_resumed.val_losses == res_full.val_losses
     for (n, a), b in zip(full.named_parameters(), fresh.parameters()):
         assert torch.equal(a, b), n
-    ckpt = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "b" / "ckpt.pt")
     assert ckpt["step"] == 12 and ckpt["model_config"]["n_layer"] == 2
 
 
@@ -261,13 +275,37 @@ def test_train_bad_inputs() -> None:
 
 @pytest.mark.parametrize(
     "kw, match",
-    [(dict(max_steps=0), "max_steps"), (dict(lr=-1.0), "lr > 0"), (dict(min_lr=1.0, lr=0.1), "min_lr"),
+    [(dict(max_steps=0), "max_steps"), (dict(lr=-1.0), "lr must be > 0"), (dict(min_lr=1.0, lr=0.1), "min_lr"),
      (dict(warmup_steps=50, max_steps=10), "warmup_steps"), (dict(resume=True), "out_dir"),
-     (dict(beta2=1.0), "betas"), (dict(grad_clip=-1.0), "grad_clip")],
+     (dict(beta2=1.0), "beta2 must be < 1"), (dict(grad_clip=-1.0), "grad_clip")],
 )
 def test_train_config_bad_values(kw, match) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("name", ["lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"])
+@pytest.mark.parametrize("value, match", [(math.nan, "a number, got NaN"), (math.inf, "finite, got inf"),
+                                          (-math.inf, "finite, got -inf")])
+def test_train_config_rejects_nan_and_inf(name, value, match) -> None:
+    with pytest.raises(ValueError, match=f"TrainConfig.{name} must be {match}"):
+        TrainConfig(**{name: value})
+
+
+def test_train_config_wrong_types() -> None:
+    with pytest.raises(TypeError, match="TrainConfig.max_steps must be an integer"):
+        TrainConfig(max_steps=10.5)
+    with pytest.raises(TypeError, match="TrainConfig.lr must be a real number"):
+        TrainConfig(lr="3e-4")
+    assert TrainConfig(block_size=None, lr=1, weight_decay=0).lr == 1  # ints are real numbers
+
+
+@pytest.mark.parametrize("kw, match", [(dict(max_lr=math.inf), "max_lr must be finite"),
+                                       (dict(max_lr=math.nan), "max_lr must be a number, got NaN"),
+                                       (dict(min_lr=math.nan), "min_lr must be a number, got NaN")])
+def test_cosine_lr_rejects_nan_and_inf(kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        cosine_lr(0, **{**dict(warmup=1, max_steps=5, max_lr=1.0, min_lr=0.1), **kw})
 
 
 def test_presets() -> None:
@@ -281,6 +319,56 @@ def test_presets() -> None:
         preset("tpu", 84)
     with pytest.raises(ValueError, match="unknown override"):
         preset("cpu", 84, n_layers=3)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_command_line_defaults_are_the_presets(name) -> None:
+    """No flag of the CLI has a default of its own: with no flags, the preset is used as is."""
+    got = configs_from_args(arg_parser().parse_args(["--preset", name]), 84)
+    assert got == preset(name, 84)
+    steps = PRESETS[name][1]["warmup_steps"] + 7
+    mcfg, tcfg = configs_from_args(arg_parser().parse_args(
+        ["--preset", name, "--max-steps", str(steps), "--n-embd", "48", "--no-progress", "--attn-impl", "manual"]), 84)
+    assert (tcfg.max_steps, mcfg.n_embd, tcfg.progress, mcfg.attn_impl) == (steps, 48, False, "manual")
+    assert tcfg.lr == PRESETS[name][1]["lr"] and mcfg.n_layer == PRESETS[name][0]["n_layer"]  # the rest: preset
+
+
+def test_benchmark_uses_the_training_command_line() -> None:
+    """benchmarks/train_gpt.py takes exactly lmlib.train's options, with the same defaults
+    (its progress bar is off by default: it prints a table on stdout)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_gpt", REPO / "benchmarks" / "train_gpt.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ours, theirs = arg_parser(), bench.parser()
+    options = [{s for a in parser._actions for s in a.option_strings} for parser in (ours, theirs)]
+    assert options[0] == options[1] and "--max-steps" in options[0]
+    defaults = vars(ours.parse_args([]))
+    assert vars(theirs.parse_args([])) == {**defaults, "progress": False}
+
+
+def test_cli_tiny_preset_trains_and_prints_its_table(capsys) -> None:
+    assert main(["--preset", "tiny", "--max-steps", "4", "--warmup-steps", "2", "--eval-interval", "2",
+                 "--eval-iters", "1", "--device", "cpu", "--no-progress", "--sample", "20"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["step", "train", "val", "time", "(s)"]
+    assert [line.split()[0] for line in out[1:4]] == ["0", "2", "4"]
+    assert float(out[1].split()[2]) == pytest.approx(math.log(84), abs=0.3)  # untrained: ~uniform over 84 chars
+    assert out[4].startswith("4 steps,") and out[4].endswith("1 process(es)")
+    assert len("\n".join(out[5:])) >= 20  # the sample (its first character may be a newline)
+
+
+def test_resume_refuses_a_checkpoint_that_is_not_a_training_state(tmp_path) -> None:
+    data = _pattern_data()
+    save_checkpoint(tmp_path / "ckpt.pt", {"state_dict": {}})  # e.g. a lmlib.zoo model file
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        train(_model(), data[:2500], data[2500:], _cfg(out_dir=str(tmp_path), resume=True))
+    (tmp_path / "ckpt.pt").write_bytes(b"half a file")
+    model = _model()
+    with pytest.raises(CheckpointError, match="not an lmlib checkpoint"):
+        train(model, data[:2500], data[2500:], _cfg(out_dir=str(tmp_path), resume=True))
+    assert model.check_token_ids  # restored even when the run fails before the loop
 
 
 def test_plot_losses() -> None:
@@ -320,7 +408,7 @@ def test_ddp_two_processes_match_single_process_training(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "2 process(es)" in proc.stdout
 
-    ckpt = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "ddp" / "ckpt.pt")
     assert ckpt["world_size"] == 2 and ckpt["step"] == 6
     torch.manual_seed(3)  # the CLI seeds the initial weights with --seed
     single = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0))

@@ -15,15 +15,8 @@ import torch
 
 from lmlib.model import GPTConfig
 from lmlib.train import TrainConfig
-from lmlib.zoo import (
-    CheckpointError,
-    cache_key,
-    cached_artifact,
-    history_of,
-    load_checkpoint,
-    pretrained_char_gpt,
-    save_checkpoint,
-)
+from lmlib.checkpoint import load_checkpoint
+from lmlib.zoo import CheckpointError, cache_key, cached_artifact, history_of, pretrained_char_gpt
 
 TINY = GPTConfig(vocab_size=84, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
 TINY_TRAIN = TrainConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=0, eval_iters=1,
@@ -61,42 +54,7 @@ def test_cache_key_bad_input() -> None:
         cache_key(x=object())
 
 
-# --------------------------------------------------------------------------- checkpoint files
-
-
-def test_save_then_load_round_trip(tmp_path) -> None:
-    w = torch.randn(3, 4)
-    path = save_checkpoint(tmp_path / "c.pt", {"w": w, "note": "hi"})
-    data = load_checkpoint(path)
-    assert torch.equal(data["w"], w) and data["note"] == "hi"
-    assert (tmp_path / "c.pt.sha256").read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_corrupted_checkpoint_is_detected(tmp_path) -> None:
-    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.arange(1000.0)})
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF  # flip one byte in the middle
-    path.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(path)
-
-
-def test_truncated_checkpoint_and_missing_digest_are_detected(tmp_path) -> None:
-    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.arange(1000.0)})
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(path)
-    other = tmp_path / "plain.pt"
-    torch.save({"w": 1}, other)  # no .sha256 next to it
-    with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(other)
-    with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "absent.pt")
-
-
-def test_save_checkpoint_bad_input(tmp_path) -> None:
-    with pytest.raises(TypeError, match="payload must be a dict"):
-        save_checkpoint(tmp_path / "c.pt", [1, 2])
+# --------------------------------------------------------------------------- cached artifacts
 
 
 def test_cached_artifact_builds_once(tmp_path) -> None:
@@ -121,6 +79,21 @@ def test_cached_artifact_builds_once(tmp_path) -> None:
     assert (s4["source"], s4["reason"]) == ("trained", "forced") and len(calls) == 3
     _, s5 = cached_artifact(p, "k2", build)
     assert s5["source"] == "cache" and len(calls) == 3
+
+
+def test_cached_artifact_writes_checkpoint_files_and_retrains_old_format(tmp_path) -> None:
+    p = tmp_path / "a.pt"
+    payload, _ = cached_artifact(p, "k1", lambda: {"w": torch.ones(2)})
+    on_disk = load_checkpoint(p)  # an lmlib.checkpoint file, digest and format checked
+    assert on_disk["key"] == "k1" and torch.equal(on_disk["w"], torch.ones(2)) and payload.keys() == on_disk.keys()
+    torch.save({"format": 1, "key": "k1", "w": torch.zeros(2)}, p)  # lmlib's old layout (torch.save + .sha256)
+    (tmp_path / "a.pt.sha256").write_text(hashlib.sha256(p.read_bytes()).hexdigest() + "\n")
+    with pytest.raises(CheckpointError, match="not an lmlib checkpoint"):
+        cached_artifact(p, "k1", lambda: {"w": torch.ones(2)}, train_if_missing=False)
+    with pytest.warns(RuntimeWarning, match="not an lmlib checkpoint"):
+        payload, status = cached_artifact(p, "k1", lambda: {"w": torch.full((2,), 3.0)})
+    assert status["source"] == "trained" and status["reason"].startswith("corrupt")
+    assert torch.equal(load_checkpoint(p)["w"], torch.full((2,), 3.0))
 
 
 # --------------------------------------------------------------------------- the char GPT
