@@ -143,11 +143,11 @@ def _chat_template_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tupl
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not text.startswith(upto) or len(upto) < prev:
             raise ValueError("the chat template does not render a conversation's prefixes as prefixes")
-        if m["role"] == "assistant":
-            start = text.find(m["content"], prev, len(upto))
-            end = text.find(eot, start + len(m["content"]), len(upto)) if start >= 0 else -1
-            if start < 0 or end < 0:
-                raise ValueError(f"cannot locate assistant message {i} and its {eot!r} in the rendered template")
+        if m["role"] == "assistant":  # the turn's last end-of-turn marker closes it; the content precedes it
+            end = text.rfind(eot, prev, len(upto))
+            start = end - len(m["content"])
+            if end < 0 or start < prev or text[start:end] != m["content"]:
+                raise ValueError(f"cannot locate assistant message {i} right before its {eot!r} in the rendered template")
             spans.append((start, end + len(eot)))
         prev = len(upto)
     return text, spans

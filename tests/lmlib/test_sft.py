@@ -28,7 +28,14 @@ CONVERSATIONS = [
         {"role": "user", "content": "Thanks!"},
         {"role": "assistant", "content": "You're welcome 😊 (北京 is not involved)."},
     ],
+    [  # an answer that also occurs in the turn's header, and an empty answer (only <|im_end|> is learnt)
+        {"role": "user", "content": "Say the word assistant."},
+        {"role": "assistant", "content": "assistant"},
+        {"role": "user", "content": "Now say nothing."},
+        {"role": "assistant", "content": ""},
+    ],
 ]
+IDS = ["one-turn", "multi-turn", "tricky"]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +77,7 @@ def runs(mask):
     return out
 
 
-@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one-turn", "multi-turn"])
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=IDS)
 def test_smollm2_mask_equals_the_incremental_prefix_reference(smol_tok, messages):
     ex = build_sft_example(smol_tok, messages)
     full, mask = incremental_reference(smol_tok, messages)
@@ -78,7 +85,7 @@ def test_smollm2_mask_equals_the_incremental_prefix_reference(smol_tok, messages
     assert ex.mask.tolist() == mask
 
 
-@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one-turn", "multi-turn"])
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=IDS)
 def test_smollm2_masked_tokens_decode_to_the_assistant_texts(smol_tok, messages):
     ex = build_sft_example(smol_tok, messages)
     answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
@@ -110,7 +117,7 @@ def char_tok():
     return CharTokenizer.from_text(text)
 
 
-@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one-turn", "multi-turn"])
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=IDS)
 def test_char_tokenizer_mask_covers_exactly_the_answers_and_end_of_turn(messages):
     tok = char_tok()
     template = SimpleChatTemplate()
