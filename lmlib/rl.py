@@ -65,6 +65,8 @@ def group_relative_advantages(rewards: torch.Tensor, eps: float = 1e-6, normaliz
     eps = check_float("eps", eps, min=0.0, min_inclusive=False)
     check_type("normalize_std", normalize_std, bool)
     centred = rewards - rewards.mean(dim=1, keepdim=True)  # (P, G) zero mean per group
+    same = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # (P, 1) groups with one reward value
+    centred = centred.masked_fill(same, 0.0)  # exactly 0 there (the float mean may be off by an ulp)
     if not normalize_std or rewards.shape[1] == 1:
         return centred
     std = rewards.std(dim=1, keepdim=True, correction=1)  # (P, 1)

@@ -7,11 +7,17 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn as nn
 
 from lmlib.lora import LoRALinear, apply_lora, count_parameters, merge_lora, parameter_report
 
-peft = pytest.importorskip("peft")
+try:
+    import peft
+except ImportError:  # pragma: no cover  (requirements.txt pins it)
+    peft = None
+needs_peft = pytest.mark.skipif(peft is None, reason="peft is not installed (pip install -r requirements.txt)")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -78,6 +84,7 @@ def test_zero_init_b_gives_the_base_output_and_base_is_frozen():
     assert lora.lora_A.requires_grad and lora.lora_B.requires_grad
 
 
+@needs_peft
 def test_a_is_initialised_with_torch_kaiming_uniform_sqrt5():
     torch.manual_seed(123)
     expected = torch.empty(8, 64)
@@ -94,6 +101,7 @@ def test_a_is_initialised_with_torch_kaiming_uniform_sqrt5():
     assert a_peft.abs().max() <= bound and lora.lora_A.abs().max() <= bound
 
 
+@needs_peft
 def test_matches_peft_outputs_and_gradients_on_a_small_module():
     torch.manual_seed(0)
     theirs, ours, wrapped = peft_and_ours(Tiny(), ["q_proj", "v_proj"], r=4, alpha=8.0)
@@ -113,6 +121,7 @@ def test_matches_peft_outputs_and_gradients_on_a_small_module():
     assert count_parameters(ours) == theirs.get_nb_trainable_parameters()
 
 
+@needs_peft
 def test_matches_peft_on_a_tiny_llama():
     base = tiny_llama()
     theirs, ours, wrapped = peft_and_ours(base, ["q_proj", "v_proj"], r=4, alpha=16.0)
@@ -136,6 +145,7 @@ def test_matches_peft_on_a_tiny_llama():
     assert parameter_report(ours).startswith(f"trainable params: {trainable:,d} || all params: {total:,d}")
 
 
+@needs_peft
 def test_regex_target_wraps_the_same_layers_as_peft_regex():
     base = tiny_llama()
     ours = copy.deepcopy(base)
@@ -149,6 +159,7 @@ def test_regex_target_wraps_the_same_layers_as_peft_regex():
         f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
 
 
+@needs_peft
 def test_merge_equals_unmerged_and_peft_merge_and_unload():
     base = tiny_llama()
     theirs, ours, wrapped = peft_and_ours(base, ["q_proj", "v_proj", "down_proj"], r=3, alpha=6.0)
@@ -164,6 +175,20 @@ def test_merge_equals_unmerged_and_peft_merge_and_unload():
         assert not any(isinstance(m, LoRALinear) for m in merged.modules())
         torch.testing.assert_close(merged(ids).logits, unmerged, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(theirs.merge_and_unload()(ids).logits, unmerged, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 8), st.floats(-32, 32), st.booleans(), st.integers(0, 2**16))
+def test_merged_layer_computes_the_same_function(n_in, n_out, r, alpha, bias, seed):
+    torch.manual_seed(seed)
+    lora = LoRALinear(nn.Linear(n_in, n_out, bias=bias, dtype=torch.float64), r=r, alpha=alpha)
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    x = torch.randn(5, n_in, dtype=torch.float64)
+    merged = lora.merge()
+    torch.testing.assert_close(merged(x), lora(x))
+    expected_w = lora.base.weight + (alpha / r) * lora.lora_B @ lora.lora_A
+    torch.testing.assert_close(merged.weight, expected_w)
 
 
 def test_dropout_applies_only_to_the_low_rank_branch():

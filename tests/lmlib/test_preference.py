@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 
 from lmlib.preference import bradley_terry_loss, dpo_loss, sequence_logprob, token_logprobs
@@ -35,6 +37,17 @@ def test_bradley_terry_is_stable_for_large_margins():
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(100.0, rel=1e-6)  # (200 + ~0) / 2
     assert torch.isinf(-torch.log(torch.sigmoid(torch.tensor(-200.0))))  # the naive form is not
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-50, 50), st.floats(-50, 50)), min_size=1, max_size=16))
+def test_bradley_terry_swap_identity(pairs):
+    # -log σ(x) - (-log σ(-x)) = -x, so swapping chosen and rejected changes the loss by mean(r_c - r_r)
+    rc = torch.tensor([a for a, _ in pairs], dtype=torch.float64)
+    rr = torch.tensor([b for _, b in pairs], dtype=torch.float64)
+    forward, swapped = bradley_terry_loss(rc, rr), bradley_terry_loss(rr, rc)
+    assert forward >= 0 and swapped >= 0
+    assert (swapped - forward).item() == pytest.approx((rc - rr).mean().item(), abs=1e-9)
 
 
 def test_bradley_terry_rejects_bad_input():

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmlib.generate import generate
 from lmlib.model import GPT, GPTConfig
@@ -40,13 +42,29 @@ def test_group_relative_advantages_by_hand():
 
 
 def test_equal_rewards_give_zero_advantages_and_no_nan():
-    rewards = torch.tensor([[0.7, 0.7, 0.7], [1.0, 0.0, 1.0], [-2.0, -2.0, -2.0]])
+    rewards = torch.tensor([[0.1, 0.1, 0.1], [1.0, 0.0, 1.0], [-2.0, -2.0, -2.0]], dtype=torch.float64)
     adv = group_relative_advantages(rewards)
     assert not torch.isnan(adv).any()
-    assert torch.equal(adv[0], torch.zeros(3)) and torch.equal(adv[2], torch.zeros(3))
+    assert torch.all(adv[0] == 0) and torch.all(adv[2] == 0)  # 0.1 * 3 / 3 != 0.1 in floating point
     assert (adv[1] != 0).all()
     single = group_relative_advantages(torch.tensor([[3.0], [5.0]]))  # group of one: nothing to compare
     assert torch.equal(single, torch.zeros(2, 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 6), st.data())
+def test_advantages_are_finite_centred_and_unit_spread(P, G, data):
+    values = data.draw(st.lists(st.lists(st.floats(-1e3, 1e3), min_size=G, max_size=G), min_size=P, max_size=P))
+    rewards = torch.tensor(values, dtype=torch.float64)
+    adv = group_relative_advantages(rewards)
+    assert torch.isfinite(adv).all()
+    torch.testing.assert_close(adv.mean(dim=1), torch.zeros(P, dtype=torch.float64), atol=1e-9, rtol=0)
+    for row, a in zip(values, adv):
+        sd = statistics.stdev(row) if G > 1 else 0.0
+        if sd > 1e-3:  # a real spread: unit sample std after normalising
+            assert statistics.stdev(a.tolist()) == pytest.approx(sd / (sd + 1e-6), rel=1e-9)
+        elif sd == 0.0:
+            assert torch.all(a == 0)
 
 
 def test_group_relative_advantages_rejects_bad_input():
@@ -148,6 +166,19 @@ def test_k3_mean_approaches_the_true_kl_on_categorical_samples():
     assert k3.var() < k1.var()  # why GRPO uses k3
     x = torch.tensor([0.3, -0.2, 0.0])
     torch.testing.assert_close(kl_k3(torch.zeros(3), x), torch.exp(x) - x - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-30, 0), st.floats(-30, 0)), min_size=1, max_size=20))
+def test_k3_is_nonnegative_and_zero_only_where_the_policies_agree(pairs):
+    logp = torch.tensor([a for a, _ in pairs], dtype=torch.float64)
+    logp_ref = torch.tensor([b for _, b in pairs], dtype=torch.float64)
+    k3 = kl_k3(logp, logp_ref)
+    assert (k3 >= 0).all()
+    assert torch.all(k3[logp == logp_ref] == 0)
+    assert torch.all(k3[(logp - logp_ref).abs() > 1e-3] > 0)
+    for (a, b), got in zip(pairs, k3.tolist()):
+        assert got == pytest.approx(math.exp(b - a) - (b - a) - 1, rel=1e-9, abs=1e-12)
 
 
 def test_k3_rejects_bad_input():
