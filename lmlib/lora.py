@@ -134,7 +134,8 @@ def apply_lora(
             full dotted name or its last part (``"q_proj|v_proj"``, ``r"layers\\.0\\..*"``); a
             list of names matches a layer whose name equals one of them or ends with
             ``"." + name`` (``["q_proj", "v_proj"]``, peft's ``target_modules`` rule).
-            Only ``nn.Linear`` layers are wrapped; other matching modules are skipped.
+            Only ``nn.Linear`` layers are wrapped; other matching modules, and the frozen
+            ``base`` inside an existing :class:`LoRALinear`, are skipped.
         r, alpha, dropout: see :class:`LoRALinear`.
     Returns:
         the dotted names of the wrapped layers, in ``named_modules`` order.
@@ -146,8 +147,9 @@ def apply_lora(
     r = check_int("r", r, min=1)
     alpha = check_float("alpha", alpha)
     check_float("dropout", dropout, min=0.0, max=1.0, max_inclusive=False)
-    chosen = [name for name, m in model.named_modules()
-              if name and isinstance(m, nn.Linear) and matches(name)]
+    inside = {f"{name}.base" for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    chosen = [name for name, m in model.named_modules()  # never re-wrap the base of an existing adapter
+              if name and name not in inside and isinstance(m, nn.Linear) and matches(name)]
     if not chosen:
         raise ValueError(f"target {target!r} matches no nn.Linear layer of the model")
     model.requires_grad_(False)

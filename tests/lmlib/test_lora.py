@@ -230,3 +230,13 @@ def test_apply_lora_rejects_bad_targets():
         apply_lora(Tiny(), 3, r=2, alpha=2.0)
     with pytest.raises(TypeError, match="model must be Module"):
         apply_lora("model", "q_proj", r=2, alpha=2.0)
+    model = Tiny()
+    apply_lora(model, ".*", r=2, alpha=2.0)
+    with pytest.raises(ValueError, match="matches no nn.Linear"):  # the frozen bases are not re-wrapped
+        apply_lora(model, ".*", r=2, alpha=2.0)
+
+
+def test_counting_and_merging_reject_non_modules():
+    for fn in (count_parameters, parameter_report, merge_lora):
+        with pytest.raises(TypeError, match="model must be Module"):
+            fn([nn.Linear(2, 2)])

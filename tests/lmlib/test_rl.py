@@ -304,6 +304,15 @@ def test_policy_logprobs_keeps_the_gradient(tiny_gpt):
     tiny_gpt.zero_grad(set_to_none=True)
 
 
+def test_policy_logprobs_rejects_bad_input(tiny_gpt):
+    with pytest.raises(ValueError, match="more than the model's block_size 32"):
+        policy_logprobs(tiny_gpt, torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature must be >"):
+        policy_logprobs(tiny_gpt, torch.zeros(1, 3, dtype=torch.long), temperature=-1.0)
+    with pytest.raises(ValueError, match="must be 2-d"):
+        policy_logprobs(tiny_gpt, torch.zeros(3, dtype=torch.long))
+
+
 def test_rollout_rejects_bad_input(tiny_gpt):
     p = torch.tensor([[1, 2]])
     with pytest.raises(ValueError, match="group_size must be >= 1"):
