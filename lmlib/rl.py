@@ -88,6 +88,12 @@ def _check_per_token(mask: torch.Tensor, **tensors: torch.Tensor) -> torch.Tenso
     return check_mask("mask", mask, shape).to(next(iter(tensors.values())).device)
 
 
+def _masked(mask: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """0 off the mask, before any exp: a prompt token's log-prob (even -inf) then cannot make
+    inf * 0 = NaN in the loss or its gradient."""
+    return torch.where(mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+
+
 def _per_token_clipped(logp_new, logp_old, advantages, clip_eps, clip_eps_high):
     ratio = torch.exp(logp_new - logp_old)  # (B, T) ρ_t = π_θ / π_old
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps_high)  # (B, T)
@@ -125,7 +131,8 @@ def clipped_policy_objective(
         logp_new: ``(B, T)`` log-probs of the sampled tokens under the current policy (with grad).
         logp_old: ``(B, T)`` the same under the policy that sampled them (no grad).
         advantages: ``(B,)`` one per response (GRPO) or ``(B, T)`` one per token (PPO + GAE).
-        mask: ``(B, T)`` bool / 0-1, True on the response tokens that count.
+        mask: ``(B, T)`` bool / 0-1, True on the response tokens that count. Entries off the
+            mask are ignored whatever they hold (prompt log-probs, -inf): no gradient reaches them.
         clip_eps: ε, the lower clip ``1 - ε``, in (0, 1).
         clip_eps_high: the upper clip ``1 + ε_high`` (default ε); DAPO's "clip-higher"
             (Yu et al., 2025, arXiv:2503.14476) uses ε_high > ε.
@@ -144,6 +151,7 @@ def clipped_policy_objective(
     clip_eps = check_float("clip_eps", clip_eps, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
     high = clip_eps if clip_eps_high is None else check_float("clip_eps_high", clip_eps_high, min=0.0, min_inclusive=False)
     check_choice("reduction", reduction, REDUCTIONS)
+    logp_new, logp_old = _masked(mask, logp_new), _masked(mask, logp_old)
     per_token = _per_token_clipped(logp_new, logp_old, adv, clip_eps, high)  # (B, T)
     return _reduce(per_token, mask, reduction)
 
@@ -190,7 +198,8 @@ def grpo_loss(
         logp_new, logp_old, logp_ref: ``(B, T)`` log-probs of the sampled tokens under the
             current, the sampling and the frozen reference policy.
         advantages: ``(B,)`` (e.g. :func:`group_relative_advantages` flattened) or ``(B, T)``.
-        mask: ``(B, T)`` True on response tokens.
+        mask: ``(B, T)`` True on response tokens; entries off it are ignored, as in
+            :func:`clipped_policy_objective`.
         beta: weight of the KL penalty, >= 0 (0 drops it and ``logp_ref`` is unused).
     Returns:
         a scalar loss.
@@ -201,6 +210,7 @@ def grpo_loss(
     clip_eps = check_float("clip_eps", clip_eps, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
     high = clip_eps if clip_eps_high is None else check_float("clip_eps_high", clip_eps_high, min=0.0, min_inclusive=False)
     check_choice("reduction", reduction, REDUCTIONS)
+    logp_new, logp_old, logp_ref = (_masked(mask, t) for t in (logp_new, logp_old, logp_ref))
     per_token = _per_token_clipped(logp_new, logp_old, adv, clip_eps, high)  # (B, T)
     if beta != 0.0:
         per_token = per_token + beta * kl_k3(logp_new, logp_ref)  # (B, T)
