@@ -50,8 +50,9 @@ def group_relative_advantages(rewards: torch.Tensor, eps: float = 1e-6, normaliz
 
     Args:
         rewards: ``(num_prompts, group_size)``: row i holds the rewards of the G responses
-            sampled for prompt i. Floating point, no NaN.
-        eps: added to the std before dividing (> 0 keeps a tiny spread from blowing up).
+            sampled for prompt i. Floating point, finite.
+        eps: added to the std before dividing (> 0 keeps a tiny spread from blowing up;
+            TRL uses 1e-4).
         normalize_std: divide by the std (GRPO). False keeps only the mean-centring, as
             Dr. GRPO (Liu et al., 2025, arXiv:2503.20783) recommends.
     Returns:
@@ -60,8 +61,8 @@ def group_relative_advantages(rewards: torch.Tensor, eps: float = 1e-6, normaliz
         (or of size 1) has nothing to learn from: its advantages are exactly 0, never NaN.
     """
     check_tensor("rewards", rewards, dim=2, floating=True, nonempty=True)
-    if torch.isnan(rewards).any():
-        raise ValueError("rewards contain NaN")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards must be finite, got NaN or inf")
     eps = check_float("eps", eps, min=0.0, min_inclusive=False)
     check_type("normalize_std", normalize_std, bool)
     centred = rewards - rewards.mean(dim=1, keepdim=True)  # (P, G) zero mean per group

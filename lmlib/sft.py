@@ -132,11 +132,13 @@ def _check_messages(messages: Any) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def _chat_template_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def _chat_template_spans(
+    tokenizer: Any, messages: list[dict[str, str]], eot: str | None
+) -> tuple[str, list[tuple[int, int]]]:
     """Render with the tokenizer's own chat template; find each answer + its end-of-turn."""
-    eot = tokenizer.eos_token
-    if not eot:
-        raise ValueError("the tokenizer has no eos_token to close an assistant turn")
+    eot = tokenizer.eos_token if eot is None else eot
+    if not isinstance(eot, str) or not eot:
+        raise ValueError("end_of_turn must be a non-empty string (the tokenizer has no eos_token to default to)")
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans, prev = [], 0
     for i, m in enumerate(messages):
@@ -158,6 +160,7 @@ def build_sft_example(
     messages: Sequence[dict[str, str]],
     *,
     template: SimpleChatTemplate | None = None,
+    end_of_turn: str | None = None,
     max_length: int | None = None,
 ) -> SFTExample:
     """Tokenise a conversation and mark its assistant-response tokens (Chapter 10.1, post-training).
@@ -171,6 +174,9 @@ def build_sft_example(
             least one assistant turn.
         template: a :class:`SimpleChatTemplate` for tokenizers without a chat template
             (default ``SimpleChatTemplate()``); must be None for a tokenizer that has one.
+        end_of_turn: with a chat template, the text that closes an assistant turn (default:
+            the tokenizer's ``eos_token``, SmolLM2's ``<|im_end|>``; LLaMA-3 would need
+            ``"<|eot_id|>"``). Without one, the template's ``end_of_turn`` is used.
         max_length: keep only the first ``max_length`` tokens (None: keep all).
     Returns:
         an :class:`SFTExample`: ``input_ids`` (T,), ``mask`` (T,) True exactly on the tokens
@@ -184,11 +190,13 @@ def build_sft_example(
             raise ValueError("template must be None: the tokenizer has its own chat template")
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError("build_sft_example needs a fast tokenizer (offset mapping) for a chat template")
-        text, spans = _chat_template_spans(tokenizer, messages)
+        text, spans = _chat_template_spans(tokenizer, messages, end_of_turn)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, mask = enc["input_ids"], response_only_mask([tuple(o) for o in enc["offset_mapping"]], spans)
     elif callable(getattr(tokenizer, "encode", None)):
         template = SimpleChatTemplate() if template is None else check_type("template", template, SimpleChatTemplate)
+        if end_of_turn is not None:
+            raise ValueError("end_of_turn is for chat templates; set SimpleChatTemplate(end_of_turn=...) instead")
         pieces = template.render(messages)
         text, ids, flags = "", [], []
         for piece, is_response in pieces:  # each piece on its own: no token crosses a boundary

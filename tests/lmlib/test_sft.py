@@ -103,6 +103,11 @@ def test_smollm2_template_has_no_generation_block_so_transformers_mask_is_empty(
     assert build_sft_example(smol_tok, messages).mask.sum() > 0
 
 
+def test_an_explicit_end_of_turn_gives_the_reference_mask(smol_tok):
+    ex = build_sft_example(smol_tok, CONVERSATIONS[1], end_of_turn="<|im_end|>")
+    assert ex.mask.tolist() == incremental_reference(smol_tok, CONVERSATIONS[1])[1]
+
+
 def test_max_length_truncates_ids_and_mask(smol_tok):
     ex = build_sft_example(smol_tok, CONVERSATIONS[1], max_length=20)
     full = build_sft_example(smol_tok, CONVERSATIONS[1])
@@ -174,6 +179,10 @@ def test_build_sft_example_rejects_bad_input(smol_tok):
         build_sft_example(smol_tok, CONVERSATIONS[0], template=SimpleChatTemplate())
     with pytest.raises(TypeError, match="template must be SimpleChatTemplate"):
         build_sft_example(tok, CONVERSATIONS[0], template="ChatML")
+    with pytest.raises(ValueError, match="cannot locate assistant message 1"):
+        build_sft_example(smol_tok, CONVERSATIONS[0], end_of_turn="<|eot_id|>")
+    with pytest.raises(ValueError, match="end_of_turn is for chat templates"):
+        build_sft_example(tok, CONVERSATIONS[0], end_of_turn="\n")
     with pytest.raises(ValueError, match="max_length must be >= 1"):
         build_sft_example(tok, CONVERSATIONS[0], max_length=0)
     with pytest.raises(TypeError, match="tokenizer must be"):
