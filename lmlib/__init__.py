@@ -21,6 +21,10 @@ module              what it implements                                          
 ``hf``              Hugging Face bridge: export to GPT-2, SmolLM2 and MiniLM    5.3-5.5
 ``llama``           RMSNorm, RoPE, SwiGLU, grouped-query attention (LLaMA)      5.4
 ``data``            Shakespeare corpus and movie-review sentiment, offline      5.2
+``sft``             chat formatting and response-only loss masks for SFT        10.1
+``lora``            LoRA adapters: LoRALinear, apply_lora, merge, counts        10.2
+``preference``      Bradley-Terry reward loss, DPO, sequence log-probs          10.3
+``rl``              GRPO: group advantages, PPO clipping, k3 KL, rollout        10.4
 ``device``          pick CUDA / MPS / CPU                                       1
 ``grading``         the checks behind the graded exercises                      guides
 ``course``          instructor tooling: release, sandboxed grading, reports     guides

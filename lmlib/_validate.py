@@ -149,3 +149,30 @@ def check_token_ids(name: str, ids: Any, *, vocab_size: int | None = None) -> li
         if bad:
             raise ValueError(f"{name} has ids outside [0, {vocab_size}): {bad[:5]}")
     return out
+
+
+def check_same_shape(**tensors: torch.Tensor) -> tuple[int, ...]:
+    """Tensors that must all have one shape (``check_same_shape(logp=a, logp_ref=b)``).
+
+    Raises ``ValueError`` listing every name with its shape; returns the common shape.
+    """
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"{', '.join(shapes)} must have the same shape; got {listed}")
+    return next(iter(shapes.values())) if shapes else ()
+
+
+def check_mask(name: str, mask: Any, shape: Sequence[int]) -> torch.Tensor:
+    """A bool or 0/1 tensor of exactly ``shape``, returned as a bool tensor.
+
+    Masks mark which positions count (True = keep); a float or int mask may only hold 0 and 1.
+    """
+    check_tensor(name, mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"{name} must be bool or hold only 0 and 1")
+        mask = mask != 0
+    return mask
