@@ -24,7 +24,7 @@ the answer, writes ``<io>/results/<safe_id>.<nonce>.json`` and never computes ex
 Final API (stable; the pipeline in ``lmlib.course`` relies on it)::
 
     PlainData, to_plain(x), dump_plain(obj, dir, stem) -> Path, load_plain(path)   # plain.py
-    class Check: id, reference, hint; make_inputs(rng), run(answer, inputs),
+    class Check: id, reference, hint, tol; make_inputs(rng), run(answer, inputs),
                  expected(inputs), compare(got, expected, inputs) -> (bool, str)
     register(cls) -> cls
     get_check(check_id) -> Check                      # an instance; KeyError if unknown
@@ -43,8 +43,10 @@ Final API (stable; the pipeline in ``lmlib.course`` relies on it)::
     read_result(io_dir, check_id, nonce) -> dict | None   # validated; None if missing;
                                                       # PlainDataError if malformed
     evaluate(check_id, inputs, result) -> (bool, str) # trusted verdict for one result dict
+    # the check helpers and the float policy live in lmlib/grading/checks/_helpers.py:
     compare_plain(got, expected, *, rtol, atol, path) -> (bool, str)   # the default compare
-    as_tensor(x, dtype=None, device=None)             # for Check.run: plain -> torch on get_device()
+    as_tensor(x, dtype=None, *, device=None)          # = _helpers.tensor, for Check.run: plain ->
+                                                      # torch on get_device(), floats as float32
 """
 
 from __future__ import annotations
@@ -52,17 +54,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
-import math
 import os
 import pkgutil
 import re
-import sys
 import traceback
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from .checks._helpers import FLOAT32, Tolerance, compare_plain
+from .checks._helpers import tensor as as_tensor
 from .plain import NotPlainError, PlainData, PlainDataError, dump_plain, load_plain, to_plain, validate_plain
 
 __all__ = [
@@ -91,8 +93,6 @@ __all__ = [
 
 GRADING_IO_ENV = "LMLIB_GRADING_IO"
 SECRET_ENV = "LMLIB_GRADING_SECRET"
-DEFAULT_RTOL = 1e-4
-DEFAULT_ATOL = 1e-5
 MAX_ERROR_CHARS = 2000
 
 _CHECK_ID = re.compile(r"^(\d\d-[a-z0-9]+(?:-[a-z0-9]+)*)/([a-z0-9]+(?:-[a-z0-9]+)*)$")
@@ -139,14 +139,14 @@ class Check:
             grading they are replaced in the student's sandbox by a stub that raises
             ``ImportError``.
         hint: one sentence appended to failure messages (what to look at).
-        rtol, atol: tolerances of the default :meth:`compare`.
+        tol: the tolerance of the default :meth:`compare`; the float policy and its levels
+            (``FLOAT32``, the default, and ``FLOAT64``) are in ``lmlib.grading.checks._helpers``.
     """
 
     id: ClassVar[str] = ""
     reference: ClassVar[tuple[str, ...]] = ()
     hint: ClassVar[str] = ""
-    rtol: ClassVar[float] = DEFAULT_RTOL
-    atol: ClassVar[float] = DEFAULT_ATOL
+    tol: ClassVar[Tolerance] = FLOAT32
 
     def make_inputs(self, rng: np.random.Generator) -> dict[str, PlainData]:
         """Trusted (and local mode): the inputs, as plain data, drawn from ``rng``."""
@@ -163,7 +163,7 @@ class Check:
 
     def compare(self, got: PlainData, expected: PlainData, inputs: dict[str, PlainData]) -> tuple[bool, str]:
         """Trusted only: ``(passed, message)``. Default: :func:`compare_plain`."""
-        return compare_plain(got, expected, rtol=self.rtol, atol=self.atol)
+        return compare_plain(got, expected, rtol=self.tol.rtol, atol=self.tol.atol)
 
     def __repr__(self) -> str:
         return f"<Check {self.id}>"
@@ -333,146 +333,6 @@ def evaluate(check_id: str, inputs: dict[str, PlainData], result: dict[str, Any]
     if chk.hint:
         text += f" Hint: {chk.hint}"
     return False, text
-
-
-# ----------------------------------------------------------------------------- compare
-
-
-def _numeric_leaf(x: Any) -> bool:
-    return type(x) in (bool, int, float) or type(x) is np.ndarray
-
-
-def _describe(x: Any) -> str:
-    t = type(x)
-    if t is np.ndarray:
-        return f"an array of shape {tuple(x.shape)} and dtype {x.dtype}"
-    if t is list:
-        return f"a list of length {len(x)}"
-    if t is dict:
-        return f"a dict with keys {sorted(x)[:10]}"
-    if x is None:
-        return "None"
-    return f"a {t.__name__} ({x!r})" if t is not str else f"a str ({x[:60]!r})"
-
-
-def _kind(a: np.ndarray) -> str:
-    return {"b": "bool", "i": "integer", "u": "integer", "f": "float"}.get(a.dtype.kind, str(a.dtype))
-
-
-def compare_plain(
-    got: PlainData,
-    expected: PlainData,
-    *,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
-    path: str = "",
-) -> tuple[bool, str]:
-    """The default comparison: same structure, then same shapes, dtype kinds and values.
-
-    * ``dict``: same keys; ``list``: same length; ``str``/``None``: equal;
-    * numbers (bool/int/float and arrays): same shape (a Python scalar has shape ``()``);
-      expected bool -> got must be bool; expected int -> got must be integer; expected float
-      -> got may be float or integer; values ``np.allclose(got, expected, rtol, atol)`` with
-      NaN equal to NaN and ``inf`` equal to ``inf`` of the same sign.
-
-    Returns ``(True, "")`` or ``(False, message)``; the message names where (``[2]['p']``),
-    both shapes for a shape mismatch, and the largest absolute error with its index for a
-    value mismatch.
-    """
-    where = f" at {path}" if path else ""
-    if _numeric_leaf(expected):
-        if not _numeric_leaf(got):
-            return False, f"expected a number or tensor{where}, got {_describe(got)}"
-        g, e = np.asarray(got), np.asarray(expected)
-        if g.shape != e.shape:
-            return False, f"wrong shape{where}: expected shape {tuple(e.shape)}, got shape {tuple(g.shape)}"
-        ke, kg = _kind(e), _kind(g)
-        if ke == "bool" and kg != "bool":
-            return False, f"expected bool values{where}, got {kg} values"
-        if ke == "integer" and kg != "integer":
-            return False, f"expected integer values{where}, got {kg} values"
-        if ke == "float" and kg not in ("float", "integer"):
-            return False, f"expected float values{where}, got {kg} values"
-        if ke == "bool":
-            bad = g != e
-        else:
-            ge, ee = g.astype(np.float64), e.astype(np.float64)
-            with np.errstate(invalid="ignore", over="ignore"):
-                close = np.isclose(ge, ee, rtol=rtol, atol=atol, equal_nan=True)
-            bad = ~close
-        if not np.any(bad):
-            return True, ""
-        n_bad = int(np.count_nonzero(bad))
-        if e.shape == ():
-            return False, f"wrong value{where}: expected {e.item()!r}, got {g.item()!r}"
-        if ke == "bool":
-            idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            return False, (f"{n_bad} of {e.size} values differ{where}; first at index {idx}: "
-                           f"expected {e[idx].item()!r}, got {g[idx].item()!r}")
-        ge, ee = g.astype(np.float64), e.astype(np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            err = np.abs(ge - ee)
-        err = np.where(bad, np.nan_to_num(err, nan=np.inf, posinf=np.inf), 0.0)
-        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), e.shape))
-        return False, (f"{n_bad} of {e.size} values differ{where} (rtol={rtol:g}, atol={atol:g}); "
-                       f"max abs error {err[idx]:.4g} at index {idx}: expected {ee[idx]:.6g}, got {ge[idx]:.6g}")
-    if type(expected) is list:
-        if type(got) is not list:
-            return False, f"expected a list of length {len(expected)}{where}, got {_describe(got)}"
-        if len(got) != len(expected):
-            return False, f"wrong length{where}: expected {len(expected)} items, got {len(got)}"
-        for i, (g, e) in enumerate(zip(got, expected)):
-            ok, msg = compare_plain(g, e, rtol=rtol, atol=atol, path=f"{path}[{i}]")
-            if not ok:
-                return ok, msg
-        return True, ""
-    if type(expected) is dict:
-        if type(got) is not dict:
-            return False, f"expected a dict{where}, got {_describe(got)}"
-        missing = sorted(set(expected) - set(got))
-        extra = sorted(set(got) - set(expected))
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing[:10]}")
-            if extra:
-                parts.append(f"unexpected keys {extra[:10]}")
-            return False, f"wrong keys{where}: " + ", ".join(parts)
-        for k in expected:
-            ok, msg = compare_plain(got[k], expected[k], rtol=rtol, atol=atol, path=f"{path}[{k!r}]")
-            if not ok:
-                return ok, msg
-        return True, ""
-    if type(expected) is str or expected is None:
-        if type(got) is not type(expected) or got != expected:
-            return False, f"expected {_describe(expected)}{where}, got {_describe(got)}"
-        return True, ""
-    raise TypeError(f"expected{where} is not plain data: {type(expected).__name__}")
-
-
-# ----------------------------------------------------------------------------- helpers for run()
-
-
-def as_tensor(x: Any, dtype: Any = None, device: Any = None):
-    """Plain input -> ``torch.Tensor`` on ``device`` (default ``lmlib.device.get_device()``).
-
-    Float arrays become float32 on MPS (no float64 there) and float64 elsewhere unless
-    ``dtype`` is given; int arrays become int64, bool arrays bool.
-    """
-    import torch
-
-    from lmlib.device import get_device
-
-    dev = get_device() if device is None else torch.device(device)
-    arr = np.asarray(x)
-    if dtype is None:
-        if arr.dtype.kind == "f":
-            dtype = torch.float32 if dev.type == "mps" else torch.float64
-        elif arr.dtype.kind in "iu":
-            dtype = torch.int64
-        elif arr.dtype.kind == "b":
-            dtype = torch.bool
-    return torch.tensor(arr, dtype=dtype, device=dev)
 
 
 # ----------------------------------------------------------------------------- check()

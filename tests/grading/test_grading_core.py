@@ -1,5 +1,5 @@
-"""Tests of lmlib.grading: the plain-data boundary, check() in both modes, nonce injection,
-and every check of assignment 01-lm (against independent answers written here)."""
+"""Tests of lmlib.grading: the plain-data boundary, check() in both modes, nonce injection
+(the checks of 01-lm, against independent answers, are in test_checks_a01_lm.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections import Counter, OrderedDict, defaultdict
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +279,18 @@ def test_compare_messages():
     assert not ok and "-inf" in msg
     ok, msg = compare_plain([1, 2], [1, 2, 3])
     assert not ok and "expected 3 items, got 2" in msg
+    # the float policy (lmlib/grading/checks/_helpers.py): integers are exact, NaN is named
+    ok, msg = compare_plain(np.array([10**6, 7]), np.array([10**6 + 1, 7]))
+    assert not ok and "first at index (0,)" in msg
+    ok, msg = compare_plain(np.array([0.5, math.nan]), np.array([0.5, 0.25]))
+    assert not ok and "NaN at index (1,), where 0.25 was expected" in msg
+    ok, msg = compare_plain(np.array([True, False]), np.array([1.0, 0.0]))  # a mask is not a number
+    assert not ok and "bool" in msg
+    from lmlib.grading.checks._helpers import FLOAT64, close
+
+    assert close(1.0 + 5e-5, 1.0)[0] and not close(1.0 + 5e-5, 1.0, FLOAT64)[0]
+    ok, msg = close(np.zeros(2), np.zeros(3), what="h_T")
+    assert not ok and msg.startswith("h_T: wrong shape")
 
 
 # ----------------------------------------------------------------------------- registry / seeds
@@ -498,122 +510,3 @@ def test_evaluate_malformed_output_fails_instead_of_crashing():
            "output": {"<s>": [1, 2]}}
     ok, msg = evaluate("01-lm/count-bigrams", inputs, res)
     assert not ok and "01-lm/count-bigrams" in msg
-
-
-# ----------------------------------------------------------------------------- 01-lm checks
-# Independent answers written here (not lmlib.probability), one right and one plausibly wrong
-# per check.
-
-
-def _log_prob(p):
-    return torch.log(p).sum(dim=-1)
-
-
-def _counts(sentences, *, eos=True, skip_empty=False, lower=False):
-    c = defaultdict(Counter)
-    for s in sentences:
-        if skip_empty and not s:
-            continue
-        toks = [w.lower() for w in s] if lower else list(s)
-        padded = ["<s>", *toks] + (["</s>"] if eos else [])
-        for a, b in zip(padded[:-1], padded[1:]):
-            c[a][b] += 1
-    return c  # a defaultdict of Counters: the check accepts mappings
-
-
-def _mle(counts):
-    return {a: {b: n / sum(r.values()) for b, n in r.items()} for a, r in counts.items()}
-
-
-def _mle_global(counts):
-    total = sum(sum(r.values()) for r in counts.values())
-    return {a: {b: n / total for b, n in r.items()} for a, r in counts.items()}
-
-
-def _mle_laplace(counts):
-    return {a: {b: (n + 1) / (sum(r.values()) + len(r)) for b, n in r.items()} for a, r in counts.items()}
-
-
-def _add_k(counts, vocab, prev, word, k=1.0, *, v_extra=0, zero_guard=True):
-    known = set(vocab)
-    word = word if word in known else "<unk>"
-    prev = prev if (prev == "<s>" or prev in known) else "<unk>"
-    row = counts.get(prev, {})
-    den = sum(row.values()) + k * (len(vocab) + v_extra)
-    if den == 0 and zero_guard:
-        return 0.0
-    return (row.get(word, 0) + k) / den
-
-
-def _ppl(lp):
-    return torch.exp(-lp.mean(dim=-1))
-
-
-def _ppl_sum(lp):
-    return torch.exp(-lp.sum(dim=-1))
-
-
-def _ppl_product(lp):
-    return torch.prod(torch.exp(lp), dim=-1) ** (-1.0 / lp.shape[-1])
-
-
-def _bigram_ppl(counts, vocab, sentences, k=1.0, *, count_eos=True):
-    lp, n = 0.0, 0
-    for s in sentences:
-        padded = ["<s>", *s, "</s>"]
-        for a, b in zip(padded[:-1], padded[1:]):
-            p = _add_k(counts, vocab, a, b, k)
-            if p == 0.0:
-                return math.inf
-            lp += math.log(p)
-            n += 1 if (count_eos or b != "</s>") else 0
-    return math.exp(-lp / n)
-
-
-A01 = {
-    "01-lm/chain-rule": (_log_prob, lambda p: torch.log(p).mean(-1)),
-    "01-lm/chain-rule-long": (_log_prob, lambda p: torch.log(p.prod(-1))),
-    "01-lm/count-bigrams": (_counts, lambda s: _counts(s, eos=False)),
-    "01-lm/count-bigrams-edge": (_counts, lambda s: _counts(s, skip_empty=True, lower=True)),
-    "01-lm/bigram-mle": (_mle, _mle_global),
-    "01-lm/bigram-mle-edge": (_mle, _mle_laplace),
-    "01-lm/add-k": (_add_k, lambda c, v, p, w, k=1.0: _add_k(c, v, p, w, k, v_extra=1)),
-    "01-lm/add-k-edge": (_add_k, lambda c, v, p, w, k=1.0: _add_k(c, v, p, w, k, zero_guard=False)),
-    "01-lm/perplexity": (_ppl, _ppl_sum),
-    "01-lm/perplexity-edge": (_ppl, _ppl_product),
-    "01-lm/bigram-perplexity": (_bigram_ppl, lambda c, v, s, k=1.0: _bigram_ppl(c, v, s, k, count_eos=False)),
-    "01-lm/bigram-perplexity-edge": (_bigram_ppl, lambda c, v, s, k=1.0: _bigram_ppl(c, v, s, k, count_eos=False)),
-}
-
-
-def test_every_01_lm_check_is_covered_here():
-    assert set(A01) == set(registered_checks("01-lm"))
-
-
-@pytest.mark.parametrize("check_id", sorted(A01))
-def test_01_lm_right_answer_passes_wrong_answer_fails(check_id, capsys):
-    right, wrong = A01[check_id]
-    check(check_id, right)
-    assert f"✓ {check_id}" in capsys.readouterr().out
-    with pytest.raises((AssertionError, ZeroDivisionError)):
-        check(check_id, wrong)
-
-
-@pytest.mark.parametrize("check_id", sorted(A01))
-def test_01_lm_checks_with_a_grading_secret(check_id):
-    """Hidden inputs (instructor secret) are graded the same way: right passes, wrong fails."""
-    right, wrong = A01[check_id]
-    inputs = generate_inputs(check_id, secret="another-secret")
-    chk = get_check(check_id)
-    for answer, should_pass in ((right, True), (wrong, False)):
-        try:
-            res = {"id": check_id, "nonce": "aa" * 16, "status": "ok", "error": None, "output": chk.run(answer, inputs)}
-        except ZeroDivisionError as exc:
-            res = {"id": check_id, "nonce": "aa" * 16, "status": "error", "error": str(exc), "output": None}
-        ok, msg = evaluate(check_id, inputs, res)
-        assert ok is should_pass, msg
-
-
-def test_01_lm_checks_use_the_reference_only_in_expected():
-    for cid in A01:
-        assert get_check(cid).reference == ("lmlib.probability",)

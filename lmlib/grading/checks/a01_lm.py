@@ -14,6 +14,11 @@ Parts (answer name -> check ids; the ``-edge``/``-long`` ones are hidden tests):
 * ``perplexity(log_probs)``           -> 01-lm/perplexity, 01-lm/perplexity-edge
 * ``bigram_perplexity(counts, vocab, sentences, k)`` -> 01-lm/bigram-perplexity,
   01-lm/bigram-perplexity-edge
+
+Answers get float64 tensors and every value is compared at the default tolerance, ``FLOAT32``
+(see the float policy in ``lmlib.grading.checks._helpers``): a correct answer may round
+through float32, and the mistakes these checks catch (a product that underflows, a sum for a
+mean, a missing ``</s>``) are far larger.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core import Check, as_tensor, register
-from ..plain import to_plain
+from lmlib.grading.checks._helpers import f64, scalar, tensor
+from lmlib.grading.core import Check, register, to_plain
 
 REFERENCE = ("lmlib.probability",)
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"  # same strings as lmlib.probability (not imported here)
@@ -71,11 +76,9 @@ def _nested(result: Any, what: str) -> dict:
 
 
 def _scalar(value: Any, what: str) -> Any:
-    plain = to_plain(value, _what=what)
-    if type(plain) is np.ndarray and plain.size != 1:
-        raise TypeError(f"{what} must be a single number, got an array of shape {plain.shape}")
+    plain = scalar(to_plain(value, _what=what))
     if type(plain) is np.ndarray:
-        plain = plain.reshape(()).item()
+        raise TypeError(f"{what} must be a single number, got an array of shape {plain.shape}")
     return plain
 
 
@@ -93,14 +96,14 @@ class _ChainRule(Check):
     hint = "sum the logs of the conditionals (never multiply them); log(0) is -inf."
 
     def run(self, answer, inputs):
-        return to_plain(answer(as_tensor(inputs["cond_probs"])))
-
-    def expected(self, inputs):
         import torch
 
+        return to_plain(answer(tensor(inputs["cond_probs"], torch.float64)))
+
+    def expected(self, inputs):
         from lmlib.probability import chain_rule_log_prob
 
-        return chain_rule_log_prob(torch.tensor(inputs["cond_probs"], dtype=torch.float64))
+        return chain_rule_log_prob(f64(inputs["cond_probs"]))
 
 
 @register
@@ -266,14 +269,14 @@ class _Perplexity(Check):
     hint = "perplexity = exp(-(1/T) * sum_t log p_t), averaged over the last dimension, in log space."
 
     def run(self, answer, inputs):
-        return to_plain(answer(as_tensor(inputs["log_probs"])))
-
-    def expected(self, inputs):
         import torch
 
+        return to_plain(answer(tensor(inputs["log_probs"], torch.float64)))
+
+    def expected(self, inputs):
         from lmlib.probability import perplexity
 
-        return perplexity(-torch.tensor(inputs["log_probs"], dtype=torch.float64))
+        return perplexity(-f64(inputs["log_probs"]))
 
 
 @register

@@ -9,6 +9,7 @@ learned merge gets id 256 + k.
 Learning merges (``train-bpe``) is graded by replaying the student's merges in the trusted
 process: each merge must be a most frequent pair at its step (ties may be broken either
 way), and there must be as many merges as asked (fewer only if the text ran out of pairs).
+Token ids, pairs and counts are integers: compared exactly (``_helpers.same``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lmlib.grading.checks._helpers import same
 from lmlib.grading.core import Check, register, to_plain
 
 REFERENCE = ("lmlib.tokenize",)
@@ -116,7 +118,7 @@ class _CharCheck(Check):
             return False, (f"vocab should be the sorted list of distinct characters {expected['vocab'][:12]}..., "
                            f"got {got['vocab'][:12] if isinstance(got['vocab'], list) else got['vocab']!r}")
         for s, g, e in zip(inputs["encode"], got["ids"], expected["ids"]):
-            if not isinstance(g, np.ndarray) or g.shape != e.shape or not np.array_equal(g, e):
+            if not same(g, e):
                 return False, f"encode({s!r}) should be {e.tolist()}, got {g.tolist() if isinstance(g, np.ndarray) else g!r}"
         for ids, g, e in zip(inputs["decode"], got["decoded"], expected["decoded"]):
             if g != e:
@@ -178,7 +180,7 @@ class _PairCountCheck(Check):
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         for ids, g, e in zip(inputs["cases"], got, expected):
-            if g.shape != e.shape or not np.array_equal(g, e):
+            if not same(g, e):
                 want = {(int(a), int(b)): int(n) for a, b, n in e}
                 have = {(int(a), int(b)): int(n) for a, b, n in g}
                 diff = sorted(set(want.items()) ^ set(have.items()))[:4]
@@ -225,7 +227,7 @@ class _MergeCheck(Check):
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         for c, g, e in zip(inputs["cases"], got, expected):
-            if g.shape != e.shape or not np.array_equal(g, e):
+            if not same(g, e):
                 return False, (f"merge({list(c['ids'])}, {tuple(c['pair'])}, {c['new_id']}) should be {e.tolist()}, "
                                f"got {g.tolist()}")
         return True, ""
@@ -363,7 +365,7 @@ class _CodecCheck(Check):
             return True, ""
         for s, g, e in zip(inputs["texts"], got, expected):
             ids_g, ids_e = (g[0], e[0]) if self.mode == "roundtrip" else (g, e)
-            if ids_g.shape != ids_e.shape or not np.array_equal(ids_g, ids_e):
+            if not same(ids_g, ids_e):
                 return False, f"bpe_encode({s[:30]!r}) should be {ids_e.tolist()[:20]}, got {ids_g.tolist()[:20]}"
             if self.mode == "roundtrip" and g[1] != s:
                 return False, f"bpe_decode(bpe_encode({s[:30]!r})) gave {g[1][:30]!r}, not the original text"

@@ -3,6 +3,7 @@ dot-product attention with causal and padding masks, splitting and merging heads
 multi-head self-attention assembled from them.
 
 Reference: :mod:`lmlib.attention` (hidden from the student's sandbox while grading).
+Answers get float32 tensors and are compared at ``FLOAT32`` (``_helpers``' float policy).
 """
 
 from __future__ import annotations
@@ -11,26 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from lmlib.grading.checks._assignments import close, tensor
+from lmlib.grading.checks._helpers import close, close_all, f64, tensor
 from lmlib.grading.core import Check, register, to_plain
 
 REFERENCE = ("lmlib.attention",)
-
-
-def _f64(a: Any) -> Any:
-    import torch
-
-    return torch.as_tensor(np.array(a, dtype=np.float64))
-
-
-def _compare_list(got: Any, expected: list, names: list[str], *, rtol: float = 1e-4, atol: float = 1e-5) -> tuple[bool, str]:
-    if not isinstance(got, list) or len(got) != len(expected):
-        return False, f"expected {len(expected)} results ({', '.join(names)}), got {type(got).__name__}"
-    for g, e, name in zip(got, expected, names):
-        ok, msg = close(g, e, rtol=rtol, atol=atol, what=name)
-        if not ok:
-            return False, msg
-    return True, ""
 
 
 # --------------------------------------------------------------------------- softmax
@@ -46,11 +31,11 @@ class _SoftmaxCheck(Check):
     def expected(self, inputs: dict) -> Any:
         from lmlib.attention import softmax
 
-        return [to_plain(softmax(_f64(c["x"]), dim=int(c["dim"]))) for c in inputs["cases"]]
+        return [to_plain(softmax(f64(c["x"]), dim=int(c["dim"]))) for c in inputs["cases"]]
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         names = [f"softmax of case {i} ({c['what']})" for i, c in enumerate(inputs["cases"])]
-        return _compare_list(got, expected, names)
+        return close_all(got, expected, names)
 
 
 @register
@@ -121,8 +106,8 @@ class _AttentionCheck(Check):
             mask = None
             if c.get("mask") is not None:
                 m = np.asarray(c["mask"])
-                mask = _f64(m) if m.dtype.kind == "f" else torch.as_tensor(m.astype(bool))
-            o, w = scaled_dot_product_attention(_f64(c["q"]), _f64(c["k"]), _f64(c["v"]), mask=mask, causal=bool(c["causal"]))
+                mask = f64(m) if m.dtype.kind == "f" else torch.as_tensor(m.astype(bool))
+            o, w = scaled_dot_product_attention(f64(c["q"]), f64(c["k"]), f64(c["v"]), mask=mask, causal=bool(c["causal"]))
             out.append(to_plain([o, w]))
         return out
 
@@ -131,7 +116,7 @@ class _AttentionCheck(Check):
         if not isinstance(got, list) or len(got) != len(cases):
             return False, f"expected one result per case ({len(cases)}), got {type(got).__name__}"
         for i, (g, e, c) in enumerate(zip(got, expected, cases)):
-            ok, msg = _compare_list(g, e, [f"output of case {i} ({c['what']})", f"weights of case {i} ({c['what']})"])
+            ok, msg = close_all(g, e, [f"output of case {i} ({c['what']})", f"weights of case {i} ({c['what']})"])
             if not ok:
                 return False, msg
         return True, ""
@@ -224,13 +209,13 @@ class SplitHeads(Check):
 
         out = []
         for c in inputs["cases"]:
-            x = _f64(c["x"])
+            x = f64(c["x"])
             out.append(to_plain(MultiHeadAttention(x.shape[-1], int(c["n_heads"])).split_heads(x)))
         return out
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         names = [f"split_heads of x {np.shape(c['x'])} with n_heads={c['n_heads']}" for c in inputs["cases"]]
-        return _compare_list(got, expected, names)
+        return close_all(got, expected, names)
 
 
 @register
@@ -251,15 +236,15 @@ class MergeHeads(Check):
     def expected(self, inputs: dict) -> Any:
         from lmlib.attention import MultiHeadAttention
 
-        x = _f64(inputs["x"])
-        y = _f64(inputs["y"]).transpose(1, 2)
+        x = f64(inputs["x"])
+        y = f64(inputs["y"]).transpose(1, 2)
         return [
             to_plain(MultiHeadAttention(12, 3).merge_heads(x)),
             to_plain(MultiHeadAttention(8, 4).merge_heads(y)),
         ]
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
-        return _compare_list(got, expected, ["merge_heads of a (2, 3, 5, 4) tensor",
+        return close_all(got, expected, ["merge_heads of a (2, 3, 5, 4) tensor",
                                              "merge_heads of a non-contiguous (2, 4, 6, 2) tensor (use .reshape or .contiguous())"])
 
 
@@ -297,11 +282,11 @@ class _MHACheck(Check):
         C = np.shape(inputs["x"])[-1]
         mha = MultiHeadAttention(C, int(inputs["n_heads"]), causal=bool(inputs["causal"])).double()
         with torch.no_grad():
-            mha.c_attn.weight.copy_(_f64(inputs["w_qkv"]))
-            mha.c_attn.bias.copy_(_f64(inputs["b_qkv"]))
-            mha.c_proj.weight.copy_(_f64(inputs["w_o"]))
-            mha.c_proj.bias.copy_(_f64(inputs["b_o"]))
-            return to_plain(mha(_f64(inputs["x"])))
+            mha.c_attn.weight.copy_(f64(inputs["w_qkv"]))
+            mha.c_attn.bias.copy_(f64(inputs["b_qkv"]))
+            mha.c_proj.weight.copy_(f64(inputs["w_o"]))
+            mha.c_proj.bias.copy_(f64(inputs["b_o"]))
+            return to_plain(mha(f64(inputs["x"])))
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         return close(got, expected, what=f"multi_head_attention output (causal={inputs['causal']})")
@@ -348,14 +333,14 @@ class HeadsRoundTrip(Check):
     def expected(self, inputs: dict) -> Any:
         from lmlib.attention import MultiHeadAttention
 
-        x = _f64(inputs["x"])
-        y = _f64(inputs["y"]).transpose(0, 1)
+        x = f64(inputs["x"])
+        y = f64(inputs["y"]).transpose(0, 1)
         mha = MultiHeadAttention(24, int(inputs["n_heads"]))
         return [to_plain(mha.split_heads(x)), to_plain(x),
                 to_plain(y.reshape(2, 4, 5, 2).transpose(1, 2))]
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
-        return _compare_list(got, expected, [
+        return close_all(got, expected, [
             "split_heads(x (3, 7, 24), 6)",
             "merge_heads(split_heads(x)), which should give x back",
             "split_heads of a non-contiguous (2, 4, 10) tensor with 5 heads (use .reshape, not .view)",

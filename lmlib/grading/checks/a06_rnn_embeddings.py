@@ -2,7 +2,8 @@
 a sequence, skip-gram (centre, context) pairs and the negative-sampling loss of word2vec.
 
 References: :mod:`lmlib.rnn` and :mod:`lmlib.embeddings` (hidden from the student's sandbox
-while grading).
+while grading). Answers get float32 tensors and are compared at ``FLOAT32`` (``_helpers``'
+float policy); skip-gram pairs are integers, compared exactly.
 """
 
 from __future__ import annotations
@@ -11,29 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from lmlib.grading.checks._assignments import close, tensor
+from lmlib.grading.checks._helpers import close, close_all, f64, scalar, tensor
 from lmlib.grading.core import Check, register, to_plain
 
 REFERENCE = ("lmlib.rnn", "lmlib.embeddings")
-
-
-def _f64(a: Any) -> Any:
-    import torch
-
-    return torch.as_tensor(np.array(a, dtype=np.float64))
-
-
-def _compare_cases(got: Any, expected: list, names: list[str], rtol: float = 1e-4, atol: float = 1e-5) -> tuple[bool, str]:
-    if not isinstance(got, list) or len(got) != len(expected):
-        return False, f"expected {len(expected)} results, got {type(got).__name__}"
-    for g, e, name in zip(got, expected, names):
-        if isinstance(e, list):
-            ok, msg = _compare_cases(g, e, [f"{name}[{i}]" for i in range(len(e))], rtol, atol)
-        else:
-            ok, msg = close(g, e, rtol=rtol, atol=atol, what=name)
-        if not ok:
-            return False, msg
-    return True, ""
 
 
 def _weights(rng: np.random.Generator, I: int, H: int, scale: float = 1.0) -> dict:
@@ -60,11 +42,11 @@ class _CellCheck(Check):
     def expected(self, inputs: dict) -> Any:
         from lmlib.rnn import rnn_cell
 
-        return [to_plain(rnn_cell(*(_f64(c[k]) for k in ("x_t", "h_prev", "W_x", "W_h", "b")))) for c in inputs["cases"]]
+        return [to_plain(rnn_cell(*(f64(c[k]) for k in ("x_t", "h_prev", "W_x", "W_h", "b")))) for c in inputs["cases"]]
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         names = [f"h_t of case {i} (x_t {np.shape(c['x_t'])}, W_h {np.shape(c['W_h'])})" for i, c in enumerate(inputs["cases"])]
-        return _compare_cases(got, expected, names)
+        return close_all(got, expected, names)
 
 
 def _cell_case(rng: np.random.Generator, B: int | None, I: int, H: int, scale: float = 1.0) -> dict:
@@ -118,10 +100,10 @@ class _RNNCheck(Check):
             I, H = np.shape(c["W_x"])
             rnn = RNN(I, H).double()
             with torch.no_grad():
-                rnn.W_x.copy_(_f64(c["W_x"]))
-                rnn.W_h.copy_(_f64(c["W_h"]))
-                rnn.b.copy_(_f64(c["b"]))
-                ys, hT = rnn(_f64(c["x"]), None if c["h0"] is None else _f64(c["h0"]))
+                rnn.W_x.copy_(f64(c["W_x"]))
+                rnn.W_h.copy_(f64(c["W_h"]))
+                rnn.b.copy_(f64(c["b"]))
+                ys, hT = rnn(f64(c["x"]), None if c["h0"] is None else f64(c["h0"]))
             out.append(to_plain([ys, hT]))
         return out
 
@@ -235,22 +217,19 @@ class _NegCheck(Check):
     def run(self, answer: Any, inputs: dict) -> Any:
         out = []
         for c in inputs["cases"]:
-            res = to_plain(answer(tensor(c["center"]), tensor(c["context"]), tensor(c["negatives"])))
-            if isinstance(res, np.ndarray) and res.size == 1:
-                res = res.reshape(())
-            out.append(res)
+            out.append(scalar(to_plain(answer(tensor(c["center"]), tensor(c["context"]), tensor(c["negatives"])))))
         return out
 
     def expected(self, inputs: dict) -> Any:
         from lmlib.embeddings import negative_sampling_loss
 
-        return [to_plain(negative_sampling_loss(_f64(c["center"]), _f64(c["context"]), _f64(c["negatives"])))
+        return [to_plain(negative_sampling_loss(f64(c["center"]), f64(c["context"]), f64(c["negatives"])))
                 for c in inputs["cases"]]
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         names = [f"loss of case {i} (B={np.shape(c['center'])[0]}, K={np.shape(c['negatives'])[1]}, "
                  f"D={np.shape(c['center'])[1]})" for i, c in enumerate(inputs["cases"])]
-        return _compare_cases(got, expected, names)
+        return close_all(got, expected, names)
 
 
 def _neg_case(rng: np.random.Generator, B: int, K: int, D: int, scale: float) -> dict:

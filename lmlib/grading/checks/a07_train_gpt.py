@@ -10,6 +10,8 @@ an ``lmlib.model.GPT`` built from a seed, on ``lmlib.device.get_device()``.
 Nothing the student's code *reports* is trusted: the training check returns the trained
 weights, and the trusted side rebuilds the model and measures the validation loss itself;
 the generation checks re-run the model on the returned tokens to verify every choice.
+Answers get float32 tensors; losses and probabilities are compared at ``FLOAT32``
+(``_helpers``' float policy).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lmlib.grading.checks._assignments import close, device, tensor
+from lmlib.grading.checks._helpers import close, device, f64, scalar, tensor
 from lmlib.grading.core import Check, register, to_plain
 
 REFERENCE = ("lmlib.train", "lmlib.generate")
@@ -74,6 +76,9 @@ def _load(config: dict, state: dict) -> Any:
 
 SCALE = 20.0  # weight scale of the evaluation checks' model: dropout changes its loss a lot
 GEN_SCALE = 5.0  # generation checks: dropout flips most argmaxes, yet top-3 sampling stays varied
+#: how far below the k-th largest logit a chosen token's logit may be: float32 logits of the
+#: student's model on its device against the grader's CPU copy (FLOAT32's rtol at logits ~1)
+LOGIT_SLACK = 1e-4
 SMALL = {"vocab_size": 30, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.3}
 
 
@@ -174,9 +179,7 @@ class _EvalCheck(Check):
         model = _make_model(inputs["config"], inputs["seed"], SCALE).to(device())
         model.train(inputs["mode"] == "train")
         batches = [(tensor(x, torch.long), tensor(y, torch.long)) for x, y in inputs["batches"]]
-        loss = to_plain(answer(model, batches))
-        if isinstance(loss, np.ndarray) and loss.size == 1:
-            loss = float(loss.reshape(()))
+        loss = scalar(to_plain(answer(model, batches)))
         return {"loss": loss, "training_after": bool(model.training)}
 
     def expected(self, inputs: dict) -> Any:
@@ -188,7 +191,7 @@ class _EvalCheck(Check):
         return {"loss": float(np.mean(losses)), "training_after": inputs["mode"] == "train"}
 
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
-        ok, msg = close(got["loss"], expected["loss"], rtol=1e-4, atol=1e-5, what="the evaluation loss")
+        ok, msg = close(got["loss"], expected["loss"], what="the evaluation loss")
         if not ok:
             return False, msg + " (use model.eval() so dropout is off, and average the batches' mean losses)"
         if got["training_after"] != expected["training_after"]:
@@ -241,7 +244,7 @@ class _ProbsCheck(Check):
 
         out = []
         for c in inputs["cases"]:
-            logits = torch.as_tensor(np.asarray(c["logits"], dtype=np.float64)) / float(c["temperature"])
+            logits = f64(c["logits"]) / float(c["temperature"])
             if c["top_k"] is not None:
                 logits = top_k_filter(logits, int(c["top_k"]))
             out.append(to_plain(torch.softmax(logits, dim=-1)))
@@ -251,8 +254,7 @@ class _ProbsCheck(Check):
         if not isinstance(got, list) or len(got) != len(expected):
             return False, "wrong number of results"
         for i, (g, e, c) in enumerate(zip(got, expected, inputs["cases"])):
-            ok, msg = close(g, e, rtol=1e-4, atol=1e-6,
-                            what=f"next_token_probs of case {i} (temperature={c['temperature']}, top_k={c['top_k']})")
+            ok, msg = close(g, e, what=f"next_token_probs of case {i} (temperature={c['temperature']}, top_k={c['top_k']})")
             if not ok:
                 return False, msg
         return True, ""
@@ -304,7 +306,7 @@ class _SampleCheck(Check):
 
         from lmlib.generate import top_k_filter
 
-        logits = torch.as_tensor(np.asarray(inputs["rows"], dtype=np.float64)) / float(inputs["temperature"])
+        logits = f64(inputs["rows"]) / float(inputs["temperature"])
         if inputs["top_k"] is not None:
             logits = top_k_filter(logits, int(inputs["top_k"]))
         return to_plain(torch.softmax(logits, dim=-1))  # (R, V)
@@ -410,12 +412,12 @@ class _GenerateCheck(Check):
                 kth = torch.topk(logits, kk, dim=-1).values[:, -1]  # (B,)
                 tok = torch.as_tensor(out[:, T0 + j])
                 chosen = logits.gather(1, tok[:, None])[:, 0]
-                if (chosen < kth - 1e-4).any():
-                    b = int((chosen < kth - 1e-4).nonzero()[0, 0])
+                if (chosen < kth - LOGIT_SLACK).any():
+                    b = int((chosen < kth - LOGIT_SLACK).nonzero()[0, 0])
                     return False, (f"{desc}: new token {j} of row {b} is {int(tok[b])}, which is not among the top {kk} "
                                    f"tokens of the model's logits for that context (crop the context to the last "
                                    f"block_size={block} tokens, and use eval mode so dropout is off)")
-                not_top1 += int((chosen < logits.max(dim=-1).values - 1e-4).sum())
+                not_top1 += int((chosen < logits.max(dim=-1).values - LOGIT_SLACK).sum())
         if k is not None and int(k) > 1 and not_top1 == 0 and B * n >= 12:
             return False, f"{desc}: every new token is the most likely one; with top_k > 1 you should sample, not take the argmax"
         if not got["training_after"]:
