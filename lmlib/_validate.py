@@ -104,11 +104,13 @@ def check_tensor(
     floating: bool | None = None,
     integer: bool | None = None,
     nonempty: bool = False,
+    allow_nan: bool = True,
 ) -> torch.Tensor:
     """A tensor with the given number of dimensions and kind of dtype.
 
     ``floating=True`` asks for a floating-point dtype, ``integer=True`` for an integer (not
-    bool) dtype; ``nonempty=True`` rejects tensors with a zero-sized dimension.
+    bool) dtype; ``nonempty=True`` rejects tensors with a zero-sized dimension;
+    ``allow_nan=False`` rejects a tensor holding a NaN (one device sync: entry points only).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {_kind(x)}")
@@ -125,6 +127,8 @@ def check_tensor(
         raise TypeError(f"{name} must have an integer dtype (token ids), got {x.dtype}")
     if nonempty and x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if not allow_nan and x.dtype.is_floating_point and bool(torch.isnan(x).any()):
+        raise ValueError(f"{name} contains NaN")
     return x
 
 
