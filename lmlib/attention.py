@@ -297,8 +297,8 @@ class MultiHeadAttention(nn.Module):
                 (``GPT.forward``, once for all layers) skips the checks here.
         """
         if not _checked:
-            check_tensor("x", x, dim=3)
-            if x.shape[-1] != self.d_model:
+            check_type("x", x, torch.Tensor)
+            if x.dim() != 3 or x.shape[-1] != self.d_model:
                 raise ValueError(f"x must have shape (B, T, {self.d_model}), got {tuple(x.shape)}")
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
