@@ -23,6 +23,7 @@ __all__ = [
     "check_float",
     "check_int",
     "check_tensor",
+    "check_texts",
     "check_token_ids",
     "check_type",
 ]
@@ -93,6 +94,19 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
     return value
+
+
+def check_texts(name: str, value: Any) -> list[str]:
+    """One string or an iterable of strings, returned as a list (a single str becomes ``[str]``)."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a str or an iterable of str, got {_kind(value)}")
+    out = list(value)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"{name} must be a str or an iterable of str; found {_kind(t)} at {name}[{i}]")
+    return out
 
 
 def check_tensor(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import regex
 
-from lmlib._validate import check_int, check_token_ids, check_type
+from lmlib._validate import check_int, check_texts, check_token_ids, check_type
 
 if TYPE_CHECKING:  # pragma: no cover
     import tokenizers
@@ -371,13 +371,7 @@ class BPETokenizer:
             special_tokens: strings that get their own ids (the last ones).
             verbose: print each merge.
         """
-        if isinstance(text, str):
-            texts: list[str] = [text]
-        else:
-            texts = list(text)
-            bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-            if bad:
-                raise TypeError(f"text must be a str or an iterable of str; found {bad[0]}")
+        texts = check_texts("text", text)
         vocab_size = check_int("vocab_size", vocab_size)
         tok = cls(pattern=pattern, special_tokens=special_tokens)  # validates pattern, specials
         n_special = len(tok.special_tokens)
@@ -610,13 +604,7 @@ def train_hf_bpe(
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if isinstance(texts, str):
-        texts = [texts]
-    else:
-        texts = list(texts)
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts must be a str or an iterable of str; found {bad[0]}")
+    texts = check_texts("texts", texts)
     vocab_size = check_int("vocab_size", vocab_size)
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)}; got {vocab_size}")
