@@ -83,7 +83,7 @@ class LlamaConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
                      "intermediate_size", "max_seq_len"):
-            check_int(f"LlamaConfig.{name}", getattr(self, name), min=1)
+            setattr(self, name, check_int(f"LlamaConfig.{name}", getattr(self, name), min=1))  # numpy ints -> int
         if self.n_head % self.n_kv_head:
             raise ValueError(
                 f"LlamaConfig.n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "

@@ -55,10 +55,10 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            check_int(f"GPTConfig.{name}", getattr(self, name), min=1)
+            setattr(self, name, check_int(f"GPTConfig.{name}", getattr(self, name), min=1))  # numpy ints -> int
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        check_float("GPTConfig.dropout", self.dropout, min=0.0, max=1.0, max_inclusive=False)
+        self.dropout = check_float("GPTConfig.dropout", self.dropout, min=0.0, max=1.0, max_inclusive=False)
         check_choice("GPTConfig.attn_impl", self.attn_impl, ("manual", "sdpa"))
 
 

@@ -81,7 +81,10 @@ def rnn_cell(
     return _rnn_cell(x_t, h_prev, W_x, W_h, b, nonlinearity)
 
 
-def _rnn_cell(x_t, h_prev, W_x, W_h, b, nonlinearity):  # noqa: ANN001 - rnn_cell's math, unchecked
+def _rnn_cell(
+    x_t: torch.Tensor, h_prev: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, b: torch.Tensor | None, nonlinearity: str
+) -> torch.Tensor:
+    """:func:`rnn_cell`'s math without the checks (``RNN.forward`` checks once, not per step)."""
     a = x_t @ W_x + h_prev @ W_h  # (B, H)
     if b is not None:
         a = a + b
