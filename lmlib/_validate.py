@@ -23,6 +23,7 @@ __all__ = [
     "check_float",
     "check_int",
     "check_tensor",
+    "check_texts",
     "check_token_ids",
     "check_type",
 ]
@@ -95,6 +96,19 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     return value
 
 
+def check_texts(name: str, value: Any) -> list[str]:
+    """One string or an iterable of strings, returned as a list (a single str becomes ``[str]``)."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a str or an iterable of str, got {_kind(value)}")
+    out = list(value)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"{name} must be a str or an iterable of str; found {_kind(t)} at {name}[{i}]")
+    return out
+
+
 def check_tensor(
     name: str,
     x: Any,
@@ -104,11 +118,13 @@ def check_tensor(
     floating: bool | None = None,
     integer: bool | None = None,
     nonempty: bool = False,
+    allow_nan: bool = True,
 ) -> torch.Tensor:
     """A tensor with the given number of dimensions and kind of dtype.
 
     ``floating=True`` asks for a floating-point dtype, ``integer=True`` for an integer (not
-    bool) dtype; ``nonempty=True`` rejects tensors with a zero-sized dimension.
+    bool) dtype; ``nonempty=True`` rejects tensors with a zero-sized dimension;
+    ``allow_nan=False`` rejects a tensor holding a NaN (one device sync: entry points only).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {_kind(x)}")
@@ -125,6 +141,8 @@ def check_tensor(
         raise TypeError(f"{name} must have an integer dtype (token ids), got {x.dtype}")
     if nonempty and x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if not allow_nan and x.dtype.is_floating_point and bool(torch.isnan(x).any()):
+        raise ValueError(f"{name} contains NaN")
     return x
 
 

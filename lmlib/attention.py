@@ -16,6 +16,9 @@ Mask convention (the same as ``torch.nn.functional.scaled_dot_product_attention`
 mask is True where a query MAY attend to a key; a float mask is added to the scores (use
 ``-inf`` to forbid). A query row whose keys are all masked gets all-zero weights and a zero
 output (``torch.softmax`` would give NaN there; PyTorch's fused attention gives zeros too).
+A NaN in q, k or v is *not* hidden: it propagates to the outputs it touches, as in
+``torch.nn.functional.scaled_dot_product_attention`` (the public :func:`softmax` instead
+refuses NaN input with a ``ValueError``, since a NaN logit is always a bug upstream).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmlib._validate import check_choice, check_float, check_int, check_tensor, check_type
 
 __all__ = [
     "softmax",
@@ -41,12 +46,15 @@ __all__ = [
 
 
 def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Stable softmax without input validation (the fast path used inside attention)."""
+    """Stable softmax without input validation (the fast path used inside attention).
+
+    An all ``-inf`` row gives zeros; a NaN propagates to its whole row (as in torch).
+    """
     m = x.amax(dim=dim, keepdim=True)
     m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)  # all -inf row: avoid -inf - -inf
     e = torch.exp(x - m)  # every exponent <= 0: no overflow; -inf -> 0
-    s = e.sum(dim=dim, keepdim=True)
-    return torch.where(s > 0, e / s.clamp_min(torch.finfo(e.dtype).tiny), torch.zeros_like(e))
+    s = e.sum(dim=dim, keepdim=True)  # >= 1 (the max gives exp(0)), 0 for an all -inf row, or NaN
+    return e / s.clamp_min(torch.finfo(e.dtype).tiny)  # all -inf row: 0 / tiny = 0; NaN stays NaN
 
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -58,21 +66,16 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     with every key masked) returns all zeros instead of NaN.
 
     Args:
-        x: floating-point tensor of any shape; NaN and ``+inf`` are rejected.
+        x: floating-point tensor of any shape; NaN and ``+inf`` are rejected with a
+            ``ValueError`` (``torch.softmax`` would return NaN). Attention, which calls the
+            unchecked softmax, lets a NaN propagate instead, as PyTorch's attention does.
         dim: the dimension that sums to 1.
     Returns:
         A tensor of the same shape and dtype.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"softmax expects a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"softmax expects a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError("softmax needs at least one dimension, got a 0-d tensor")
+    check_tensor("x", x, min_dim=1, floating=True, allow_nan=False)
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim {dim} is out of range for a tensor of shape {tuple(x.shape)}")
-    if torch.isnan(x).any():
-        raise ValueError("softmax input contains NaN")
     if torch.isposinf(x).any():
         raise ValueError("softmax input contains +inf (use a finite logit or -inf for masked entries)")
     return _softmax(x, dim)
@@ -93,16 +96,12 @@ def causal_mask(T: int, *, past: int = 0, device: torch.device | str | None = No
             [1, 1, 0],
             [1, 1, 1]], dtype=torch.int32)
     """
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T!r}")
-    if not isinstance(past, int) or past < 0:
-        raise ValueError(f"past must be an integer >= 0, got {past!r}")
+    T, past = check_int("T", T, min=1), check_int("past", past, min=0)
     return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 def _check_mask(mask: torch.Tensor, target: tuple[int, ...]) -> None:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a tensor, got {type(mask).__name__}")
+    check_type("mask", mask, torch.Tensor)
     if mask.dtype != torch.bool and not torch.is_floating_point(mask):
         raise TypeError(f"mask must be bool (True = attend) or floating (added to the scores), got {mask.dtype}")
     try:
@@ -152,12 +151,7 @@ def scaled_dot_product_attention(
         weight row sums to 1, except fully masked rows, which are all zero.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not torch.is_floating_point(t):
-            raise TypeError(f"{name} must be floating point, got dtype {t.dtype}")
-        if t.dim() < 2:
-            raise ValueError(f"{name} must have shape (..., length, dim), got {tuple(t.shape)}")
+        check_tensor(name, t, min_dim=2, floating=True)  # (..., length, dim)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q and k must have the same last dimension d_k; got q {tuple(q.shape)} and k {tuple(k.shape)}"
@@ -197,15 +191,21 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``k, v`` ``(B, nh, T_new, hs)``; return all cached keys and values."""
-        if k.shape != v.shape or k.dim() != 4:
-            raise ValueError(f"k and v must both be (B, nh, T, hs); got {tuple(k.shape)} and {tuple(v.shape)}")
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, *, _checked: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``k, v`` ``(B, nh, T_new, hs)``; return all cached keys and values.
+
+        (``_checked=True``: the caller, a model's forward, has already checked the shapes.)
+        """
+        if not _checked:
+            if k.shape != v.shape or k.dim() != 4:
+                raise ValueError(f"k and v must both be (B, nh, T, hs); got {tuple(k.shape)} and {tuple(v.shape)}")
+            if self.k is not None and (k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3]):
+                raise ValueError(f"new keys {tuple(k.shape)} do not match the cache {tuple(self.k.shape)}")
         if self.k is None:
             self.k, self.v = k, v
         else:
-            if k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3]:
-                raise ValueError(f"new keys {tuple(k.shape)} do not match the cache {tuple(self.k.shape)}")
             self.k = torch.cat([self.k, k], dim=2)
             self.v = torch.cat([self.v, v], dim=2)  # type: ignore[list-item]
         return self.k, self.v  # type: ignore[return-value]
@@ -254,12 +254,11 @@ class MultiHeadAttention(nn.Module):
         impl: Literal["manual", "sdpa"] = "manual",
     ):
         super().__init__()
-        if d_model < 1 or n_heads < 1 or d_model % n_heads != 0:
+        d_model, n_heads = check_int("d_model", d_model, min=1), check_int("n_heads", n_heads, min=1)
+        if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})")
-        if impl not in ("manual", "sdpa"):
-            raise ValueError(f"impl must be 'manual' or 'sdpa', got {impl!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_choice("impl", impl, ("manual", "sdpa"))
+        dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_inclusive=False)
         self.d_model, self.n_heads, self.head_size = d_model, n_heads, d_model // n_heads
         self.causal, self.impl, self.dropout = causal, impl, dropout
         self.c_attn = nn.Linear(d_model, 3 * d_model, bias=bias)  # fused W_Q, W_K, W_V
@@ -280,7 +279,12 @@ class MultiHeadAttention(nn.Module):
         return x.transpose(1, 2).contiguous().view(B, T, nh * hs)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, kv_cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        _checked: bool = False,
     ) -> torch.Tensor:
         """Self-attention over ``x`` ``(B, T, C)``; returns ``(B, T, C)``.
 
@@ -289,16 +293,20 @@ class MultiHeadAttention(nn.Module):
                 mask ``(B, 1, 1, S)``), combined with the causal mask if ``causal``.
             kv_cache: if given, this call's keys/values are appended to it and the queries
                 attend to everything cached (S = cached + T).
+            _checked: internal; a caller that has checked ``x`` and ``kv_cache`` already
+                (``GPT.forward``, once for all layers) skips the checks here.
         """
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have shape (B, T, {self.d_model}), got {tuple(x.shape)}")
+        if not _checked:
+            check_type("x", x, torch.Tensor)
+            if x.dim() != 3 or x.shape[-1] != self.d_model:
+                raise ValueError(f"x must have shape (B, T, {self.d_model}), got {tuple(x.shape)}")
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, nh, T, hs)
         past = 0
         if kv_cache is not None:
             past = len(kv_cache)
-            k, v = kv_cache.update(k, v)  # (B, nh, past + T, hs)
+            k, v = kv_cache.update(k, v, _checked=_checked)  # (B, nh, past + T, hs)
         S = k.shape[2]
         if mask is not None:
             _check_mask(mask, (B, self.n_heads, T, S))
@@ -346,15 +354,23 @@ def sinusoidal_positional_encoding(
     share one frequency). The wavelengths grow geometrically from 2π to base·2π. It is added
     once to the token embeddings at the input.
 
+    Args:
+        base: the longest wavelength over 2π; a number > 0 (1 gives every pair the same
+            frequency, 0 or less has no meaning).
+        dtype: a floating-point dtype (the values are in [-1, 1]; computed in float64).
     Returns:
-        ``(seq_len, d_model)`` tensor.
+        ``(seq_len, d_model)`` tensor of ``dtype``.
     Raises:
-        ValueError: if ``seq_len < 1``, or ``d_model`` is not a positive even number.
+        ValueError: if ``seq_len < 1``, ``d_model`` is not a positive even number, or
+            ``base <= 0``. TypeError: a non-floating ``dtype``.
     """
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    if not isinstance(d_model, int) or d_model < 2 or d_model % 2:
+    seq_len = check_int("seq_len", seq_len, min=1)
+    d_model = check_int("d_model", d_model, min=2)
+    if d_model % 2:
         raise ValueError(f"d_model must be a positive even integer (sin/cos pairs), got {d_model!r}")
+    base = check_float("base", base, min=0.0, min_inclusive=False)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     pos = torch.arange(seq_len, dtype=torch.float64, device=device)[:, None]  # (T, 1)
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64, device=device)[None, :]  # (1, C/2)
     angle = pos / base ** (two_i / d_model)  # (T, C/2)

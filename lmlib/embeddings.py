@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lmlib._validate import check_float, check_int, check_tensor, check_token_ids, check_type
+
 __all__ = [
     "Vocab",
     "build_vocab",
@@ -72,10 +74,9 @@ def build_vocab(tokens: Sequence[str], min_count: int = 1, max_size: int | None 
     of them, the most frequent). Order: decreasing count, ties broken alphabetically."""
     if isinstance(tokens, str):
         raise TypeError("tokens must be a sequence of str (a list of words), not a single str")
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
-    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
-        raise ValueError(f"max_size must be None or an int >= 1, got {max_size!r}")
+    min_count = check_int("min_count", min_count, min=1)
+    if max_size is not None:
+        max_size = check_int("max_size", max_size, min=1)
     counts = Counter(tokens)
     bad = [t for t in counts if not isinstance(t, str)]
     if bad:
@@ -89,18 +90,11 @@ def build_vocab(tokens: Sequence[str], min_count: int = 1, max_size: int | None 
 
 
 def _as_ids(token_ids: Sequence[int] | torch.Tensor, name: str = "token_ids") -> torch.Tensor:
+    """A 1-D LongTensor of ids >= 0; floats are refused, not truncated."""
     if isinstance(token_ids, torch.Tensor):
-        if token_ids.dim() != 1 or token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"{name} must be a 1-D integer tensor; got shape {tuple(token_ids.shape)}, "
-                             f"dtype {token_ids.dtype}")
-        ids = token_ids.long()
+        ids = check_tensor(name, token_ids, dim=1, integer=True).long()
     else:
-        try:
-            ids = torch.as_tensor(list(token_ids), dtype=torch.long)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"{name} must be a sequence of ints") from exc
-        if ids.dim() != 1:
-            raise ValueError(f"{name} must be 1-D; got shape {tuple(ids.shape)}")
+        ids = torch.tensor(check_token_ids(name, token_ids), dtype=torch.long)
     if ids.numel() and ids.min() < 0:
         raise ValueError(f"{name} must be non-negative; got {ids.min().item()}")
     return ids
@@ -121,8 +115,7 @@ def subsample(
     c = torch.as_tensor(counts, dtype=torch.float64)
     if c.dim() != 1 or (c < 0).any() or c.sum() <= 0:
         raise ValueError(f"counts must be a 1-D tensor of non-negative counts with a positive sum; got {tuple(c.shape)}")
-    if not t > 0:
-        raise ValueError(f"t must be > 0, got {t!r}")
+    t = check_float("t", t, min=0.0, min_inclusive=False)
     if ids.numel() and ids.max() >= len(c):
         raise ValueError(f"token id {ids.max().item()} is out of range for {len(c)} counts")
     freq = c / c.sum()
@@ -140,8 +133,7 @@ def skipgram_pairs(token_ids: Sequence[int] | torch.Tensor, window: int) -> torc
     at random per position; here the window is fixed.)
     """
     ids = _as_ids(token_ids)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    window = check_int("window", window, min=1)
     n = ids.numel()
     offsets = [o for o in range(-window, window + 1) if o != 0]
     pos = torch.arange(n).unsqueeze(1)  # (n, 1)
@@ -159,8 +151,7 @@ def noise_distribution(counts: Sequence[int] | torch.Tensor, power: float = 0.75
         raise ValueError(f"counts must be a non-empty 1-D sequence; got shape {tuple(c.shape)}")
     if (c < 0).any() or c.sum() <= 0:
         raise ValueError("counts must be non-negative with a positive sum")
-    if not math.isfinite(power) or power < 0:
-        raise ValueError(f"power must be a finite number >= 0, got {power!r}")
+    power = check_float("power", power, min=0.0)
     p = c**power
     p[c == 0] = 0.0
     return (p / p.sum()).float()
@@ -171,8 +162,7 @@ def unigram_table(counts: Sequence[int] | torch.Tensor, size: int = 1_000_000, p
     ``P_n(w)`` of the entries (:func:`noise_distribution`). Drawing a uniform random entry
     samples ``P_n`` (up to rounding to 1/size) much faster than ``torch.multinomial``.
     Words are laid out in id order; every word with a positive count gets at least one slot."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    size = check_int("size", size, min=1)
     p = noise_distribution(counts, power).double()  # (V,)
     if size < int((p > 0).sum()):
         raise ValueError(f"size {size} is smaller than the number of words with a positive count")
@@ -202,8 +192,7 @@ def negative_sampling_loss(
         0-d tensor. Computed with ``logsigmoid`` (stable for large scores).
     """
     for name, t in (("center_vecs", center_vecs), ("context_vecs", context_vecs), ("negative_vecs", negative_vecs)):
-        if not isinstance(t, torch.Tensor) or not torch.is_floating_point(t):
-            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        check_tensor(name, t, floating=True)
     if center_vecs.dim() != 2 or context_vecs.shape != center_vecs.shape:
         raise ValueError(
             f"center_vecs and context_vecs must both be (B, D); got {tuple(center_vecs.shape)} and "
@@ -224,10 +213,7 @@ class SkipGram(nn.Module):
 
     def __init__(self, vocab_size: int, dim: int):
         super().__init__()
-        for name, v in (("vocab_size", vocab_size), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.vocab_size, self.dim = vocab_size, dim
+        self.vocab_size, self.dim = check_int("vocab_size", vocab_size, min=1), check_int("dim", dim, min=1)
         self.in_embed = nn.Embedding(vocab_size, dim)  # (V, D): v_w
         self.out_embed = nn.Embedding(vocab_size, dim)  # (V, D): u_w
         nn.init.uniform_(self.in_embed.weight, -0.5 / dim, 0.5 / dim)
@@ -280,10 +266,8 @@ def train_skipgram(
     if pairs.min() < 0 or pairs.max() >= V:
         raise ValueError(f"pair ids must be in [0, {V}) (one count per word); got max {pairs.max().item()}")
     for name, v in (("negatives", negatives), ("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+        check_int(name, v, min=1)
+    lr = check_float("lr", lr, min=0.0, min_inclusive=False)
     from lmlib.device import get_device
 
     device = torch.device(device) if device is not None else get_device()
@@ -329,16 +313,13 @@ def nearest_neighbours(
         if word not in vocab.stoi:
             raise ValueError(f"word {word!r} is not in the vocabulary")
         idx = vocab.stoi[word]
-    elif isinstance(word, int) and not isinstance(word, bool):
-        idx = word
     else:
-        raise TypeError(f"word must be a str or an int id, got {type(word).__name__}")
+        idx = check_int("word", check_type("word", word, (str, int)))  # an int id (not a bool)
     if not 0 <= idx < V:
         raise ValueError(f"word id {idx} is out of range [0, {V})")
     if vocab is not None and len(vocab) != V:
         raise ValueError(f"vocab has {len(vocab)} words but emb has {V} rows")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < V:
-        raise ValueError(f"k must be an int in [1, {V - 1}], got {k!r}")
+    k = check_int("k", k, min=1, max=V - 1)
     unit = F.normalize(emb, dim=1)  # (V, D)
     sims = unit @ unit[idx]  # (V,)
     sims[idx] = -float("inf")

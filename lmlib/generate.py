@@ -31,20 +31,32 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from lmlib._validate import check_float, check_int, check_tensor, check_type
 from lmlib.attention import KVCache
 
 __all__ = ["top_k_filter", "top_p_filter", "sample_next", "generate"]
 
 
 def _check_logits(logits: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if not torch.is_floating_point(logits):
-        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
-    if logits.dim() == 0 or logits.shape[-1] == 0:
+    check_tensor("logits", logits, min_dim=1, floating=True)
+    if logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
     if torch.isnan(logits).any():
         raise ValueError("logits contain NaN")
+
+
+def _check_samplable(logits: torch.Tensor) -> None:
+    """Clear errors where ``torch.multinomial`` would fail: NaN, ``+inf``, or no allowed token."""
+    if torch.isnan(logits).any():
+        raise ValueError("logits contain NaN")
+    if torch.isposinf(logits).any():
+        raise ValueError(
+            "logits contain +inf (after dividing by the temperature): softmax is undefined there; "
+            "use finite logits, and -inf only to forbid a token"
+        )
+    dead = torch.isneginf(logits).all(dim=-1)  # (B,) rows where every token is forbidden
+    if dead.any():
+        raise ValueError(f"logits row {int(dead.nonzero()[0])} is entirely -inf: no token is allowed, nothing to sample")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,8 +70,10 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
         may keep more than k tokens when logits are equal), as in nanoGPT.
     """
     _check_logits(logits)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return _top_k(logits, check_int("k", k, min=1))
+
+
+def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, logits.shape[-1])
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest logit
     return logits.masked_fill(logits < kth, float("-inf"))
@@ -80,8 +94,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         exactly equal probability at the boundary, the one ``torch.sort`` puts first is kept.
     """
     _check_logits(logits)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-        raise ValueError(f"p must be in (0, 1], got {p!r}")
+    return _top_p(logits, check_float("p", p, min=0.0, max=1.0, min_inclusive=False))  # p in (0, 1]
+
+
+def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     if p >= 1.0:
         return logits.clone()
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
@@ -105,33 +121,47 @@ def sample_next(
 
     Args:
         logits: ``(B, V)`` next-token logits.
-        temperature: τ > 0; the logits are divided by τ before filtering. ``temperature=0``
-            means greedy.
+        temperature: τ > 0 (finite); the logits are divided by τ before filtering.
+            ``temperature=0`` means greedy.
         top_k: keep only the k most likely tokens (None: no limit).
-        top_p: keep the nucleus of mass p (None: no limit).
+        top_p: keep the nucleus of mass p, in (0, 1] (None: no limit).
         greedy: take the argmax (ignores temperature, top_k, top_p and the generator).
         generator: a ``torch.Generator`` on the logits' device, for reproducible sampling.
     Returns:
         ``(B,)`` LongTensor of token ids.
+    Raises:
+        ValueError: bad options, or logits with a NaN, a ``+inf`` or a row that is entirely
+            ``-inf`` (no token allowed), which have no sampling distribution.
     """
-    _check_logits(logits)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (B, V), got {tuple(logits.shape)}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_tensor("logits", logits, dim=2, floating=True, nonempty=True)  # (B, V)
+    temperature = check_float("temperature", temperature, min=0.0)
+    if top_k is not None:
+        check_int("top_k", top_k, min=1)
+    if top_p is not None:
+        check_float("top_p", top_p, min=0.0, max=1.0, min_inclusive=False)  # (0, 1]
+    if generator is not None:
+        check_type("generator", generator, torch.Generator)
+    return _sample(logits, temperature, top_k, top_p, greedy, generator)
+
+
+def _sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    greedy: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """:func:`sample_next` after its options were checked (``generate`` checks them once)."""
     if greedy or temperature == 0:
+        _check_samplable(logits)
         return logits.argmax(dim=-1)  # (B,)
     logits = logits.float() / temperature  # (B, V)
+    _check_samplable(logits)
     if top_k is not None:
-        logits = top_k_filter(logits, top_k)
+        logits = _top_k(logits, top_k)
     if top_p is not None:
-        logits = top_p_filter(logits, top_p)
+        logits = _top_p(logits, top_p)
     probs = torch.softmax(logits, dim=-1)  # (B, V); filtered tokens get probability 0
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
@@ -165,19 +195,17 @@ def generate(
     Returns:
         ``(B, T + max_new_tokens)`` LongTensor: the prompt followed by the new tokens.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_type("model", model, nn.Module)
     block_size = getattr(getattr(model, "config", None), "block_size", None)
     if not isinstance(block_size, int) or not isinstance(getattr(model.config, "n_layer", None), int):
         raise TypeError("model must have config.block_size and config.n_layer (an lmlib.model.GPT)")
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
         what = idx.dtype if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise TypeError(f"idx must be a LongTensor of token ids (B, T), got {what}")
-    if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    # validate the sampling options once, up front, with a dummy row
+    if idx.dim() != 2 or 0 in idx.shape:
+        raise ValueError(f"idx must have shape (B, T) with B >= 1 and T >= 1 (a non-empty prompt), got {tuple(idx.shape)}")
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, min=0)
+    # validate the sampling options once, up front, with a dummy row; each step then calls _sample
     sample_next(torch.zeros(1, 2), temperature=temperature, top_k=top_k, top_p=top_p, greedy=True, generator=generator)
 
     was_training = model.training
@@ -197,9 +225,7 @@ def generate(
             else:  # no cache, or the context overflowed: recompute the last block_size tokens
                 caches = None
                 logits, _ = model(idx[:, -block_size:])
-            nxt = sample_next(
-                logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator
-            )  # (B,)
+            nxt = _sample(logits[:, -1, :], temperature, top_k, top_p, greedy, generator)  # (B,)
             idx = torch.cat([idx, nxt[:, None]], dim=1)  # (B, T + 1)
     finally:
         model.train(was_training)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lmlib._cache import DataUnavailableError, cache_dir, file_lock, installed_package_dir, sha256_file
+from lmlib._validate import check_float, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -174,8 +175,8 @@ def embed_sentences(
     bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
     if bad:
         raise TypeError(f"texts must contain only str; found {bad[0]}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, min=1)
+    max_length = check_int("max_length", max_length, min=1)
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither (to use MiniLM)")
     if model is None:
@@ -384,8 +385,10 @@ def chat(
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     messages = _check_messages(messages)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, min=1)
+    if do_sample:  # finite, as in lmlib.generate (NaN would pass transformers' own checks)
+        temperature = check_float("temperature", temperature, min=0.0, min_inclusive=False)
+        top_p = check_float("top_p", top_p, min=0.0, max=1.0, min_inclusive=False)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("tokenizer has no chat template; chat() needs an instruction-tuned model's tokenizer")
     enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")

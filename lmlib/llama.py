@@ -42,7 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlib.attention import KVCache, causal_mask, scaled_dot_product_attention
+from lmlib._validate import check_choice, check_float, check_int, check_tensor, check_type
+from lmlib.attention import KVCache, _attention_weights, causal_mask
 
 __all__ = [
     "LlamaConfig",
@@ -56,11 +57,6 @@ __all__ = [
     "LlamaBlock",
     "Llama",
 ]
-
-
-def _check_pos_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 # --------------------------------------------------------------------------- config
@@ -87,7 +83,7 @@ class LlamaConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
                      "intermediate_size", "max_seq_len"):
-            _check_pos_int(f"LlamaConfig.{name}", getattr(self, name))
+            setattr(self, name, check_int(f"LlamaConfig.{name}", getattr(self, name), min=1))  # numpy ints -> int
         if self.n_head % self.n_kv_head:
             raise ValueError(
                 f"LlamaConfig.n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "
@@ -95,12 +91,9 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE (pairs of dimensions), got {self.head_dim}")
-        if not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 1:
-            raise ValueError(f"LlamaConfig.rope_theta must be a number > 1, got {self.rope_theta!r}")
-        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
-            raise ValueError(f"LlamaConfig.norm_eps must be > 0, got {self.norm_eps!r}")
-        if self.attn_impl not in ("manual", "sdpa"):
-            raise ValueError(f"LlamaConfig.attn_impl must be 'manual' or 'sdpa', got {self.attn_impl!r}")
+        check_float("LlamaConfig.rope_theta", self.rope_theta, min=1.0, min_inclusive=False)
+        check_float("LlamaConfig.norm_eps", self.norm_eps, min=0.0, min_inclusive=False)
+        check_choice("LlamaConfig.attn_impl", self.attn_impl, ("manual", "sdpa"))
 
     @classmethod
     def from_hf(cls, hf_config: Any, **overrides: Any) -> "LlamaConfig":
@@ -165,14 +158,12 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d: int, eps: float = 1e-6):
         super().__init__()
-        _check_pos_int("d", d)
-        if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        self.d, self.eps = d, float(eps)
+        self.d = check_int("d", d, min=1)
+        self.eps = check_float("eps", eps, min=0.0, min_inclusive=False)
         self.weight = nn.Parameter(torch.ones(d))  # g, the learned gain (C,)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != (self.d,):
+    def forward(self, x: torch.Tensor, *, _checked: bool = False) -> torch.Tensor:
+        if not _checked and x.shape[-1:] != (self.d,):
             raise ValueError(f"x must have last dimension {self.d}, got shape {tuple(x.shape)}")
         dtype = x.dtype
         x32 = x.float()  # (..., C) statistics in float32
@@ -219,14 +210,11 @@ def rope_frequencies(
     Returns:
         ``(cos, sin)``, each ``(seq_len, head_dim)``.
     """
-    _check_pos_int("head_dim", head_dim)
+    head_dim = check_int("head_dim", head_dim, min=1)
     if head_dim % 2:
         raise ValueError(f"head_dim must be even (RoPE rotates pairs of dimensions), got {head_dim}")
-    _check_pos_int("seq_len", seq_len)
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValueError(f"start must be an integer >= 0, got {start!r}")
-    if not isinstance(theta, (int, float)) or not theta > 1:
-        raise ValueError(f"theta must be a number > 1, got {theta!r}")
+    seq_len, start = check_int("seq_len", seq_len, min=1), check_int("start", start, min=0)
+    theta = check_float("theta", theta, min=1.0, min_inclusive=False)
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))  # (hs/2,) omega_i
     pos = torch.arange(start, start + seq_len, dtype=torch.float32, device=device)  # (T,) m
     angles = pos[:, None] * inv_freq[None, :]  # (T, hs/2): m * omega_i
@@ -260,6 +248,7 @@ def apply_rotary(
     sees *relative* positions, although each vector is rotated by its absolute position.
     """
     for name, t in (("q", q), ("k", k)):
+        check_type(name, t, torch.Tensor)
         if t.dim() != 4:
             raise ValueError(f"{name} must be (B, heads, T, hs), got shape {tuple(t.shape)}")
     T, hs = q.shape[-2], q.shape[-1]
@@ -269,6 +258,13 @@ def apply_rotary(
         raise ValueError(
             f"cos and sin must be (T, hs) = {(T, hs)} to match q; got cos {tuple(cos.shape)}, sin {tuple(sin.shape)}"
         )
+    return _apply_rotary(q, k, cos, sin)
+
+
+def _apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_rotary` without the checks (the attention layers' path)."""
     q_rot = q * cos + rotate_half(q) * sin  # (B, nh, T, hs)
     k_rot = k * cos + rotate_half(k) * sin  # (B, n_kv, T, hs)
     return q_rot, k_rot
@@ -290,8 +286,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        _check_pos_int("d_model", d_model)
-        _check_pos_int("hidden", hidden)
+        d_model, hidden = check_int("d_model", d_model, min=1), check_int("hidden", hidden, min=1)
         self.gate_proj = nn.Linear(d_model, hidden, bias=False)  # W_gate
         self.up_proj = nn.Linear(d_model, hidden, bias=False)  # W_up
         self.down_proj = nn.Linear(hidden, d_model, bias=False)  # W_down
@@ -311,9 +306,13 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     ``g*n_rep .. (g+1)*n_rep - 1`` (group ``g``) all read key/value head ``g``. With the
     heads repeated, grouped-query attention is ordinary multi-head attention.
     """
-    if x.dim() != 4:
+    if check_type("x", x, torch.Tensor).dim() != 4:
         raise ValueError(f"x must be (B, n_kv, S, hs), got shape {tuple(x.shape)}")
-    _check_pos_int("n_rep", n_rep)
+    return _repeat_kv(x, check_int("n_rep", n_rep, min=1))
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """:func:`repeat_kv` without the checks (the attention layers' path)."""
     if n_rep == 1:
         return x
     B, n_kv, S, hs = x.shape
@@ -352,16 +351,17 @@ class GroupedQueryAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
-        q, k = apply_rotary(q, k, cos, sin)  # rotate by absolute position (before caching)
+        # Llama.forward checked the input once; the layers use the unchecked helpers
+        q, k = _apply_rotary(q, k, cos, sin)  # rotate by absolute position (before caching)
         past = 0
         if kv_cache is not None:
             past = len(kv_cache)
-            k, v = kv_cache.update(k, v)  # (B, n_kv, past + T, hs)
-        k = repeat_kv(k, self.n_rep)  # (B, nh, S, hs), S = past + T
-        v = repeat_kv(v, self.n_rep)  # (B, nh, S, hs)
-        if self.attn_impl == "manual":
+            k, v = kv_cache.update(k, v, _checked=True)  # (B, n_kv, past + T, hs)
+        k = _repeat_kv(k, self.n_rep)  # (B, nh, S, hs), S = past + T
+        v = _repeat_kv(v, self.n_rep)  # (B, nh, S, hs)
+        if self.attn_impl == "manual":  # lmlib.attention.scaled_dot_product_attention, unchecked
             mask = causal_mask(T, past=past, device=x.device)  # (T, S), True = may attend
-            y, _ = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, nh, T, hs)
+            y = _attention_weights(q, k, mask, causal=False) @ v  # (B, nh, T, hs)
         elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         else:
@@ -390,8 +390,8 @@ class LlamaBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, kv_cache: KVCache | None = None
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache=kv_cache)  # (B, T, C)
-        x = x + self.mlp(self.post_attention_layernorm(x))  # (B, T, C)
+        x = x + self.self_attn(self.input_layernorm(x, _checked=True), cos, sin, kv_cache=kv_cache)  # (B, T, C)
+        x = x + self.mlp(self.post_attention_layernorm(x, _checked=True))  # (B, T, C)
         return x
 
 
@@ -407,9 +407,7 @@ class Llama(nn.Module):
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        if not isinstance(config, LlamaConfig):
-            raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
-        self.config = c = config
+        self.config = c = check_type("config", config, LlamaConfig)
         self.embed_tokens = nn.Embedding(c.vocab_size, c.n_embd)  # (V, C)
         self.layers = nn.ModuleList([LlamaBlock(c) for _ in range(c.n_layer)])
         self.norm = RMSNorm(c.n_embd, eps=c.norm_eps)
@@ -443,8 +441,8 @@ class Llama(nn.Module):
         if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
             what = idx.dtype if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise TypeError(f"idx must be a LongTensor of token ids (B, T), got {what}")
-        if idx.dim() != 2 or idx.shape[1] == 0:
-            raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
+        if idx.dim() != 2 or 0 in idx.shape:
+            raise ValueError(f"idx must have shape (B, T) with B >= 1 and T >= 1, got {tuple(idx.shape)}")
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= c.vocab_size:
             raise ValueError(f"idx contains token id {lo if lo < 0 else hi}, outside the vocabulary [0, {c.vocab_size})")
@@ -453,8 +451,8 @@ class Llama(nn.Module):
             if not isinstance(kv_caches, (list, tuple)) or len(kv_caches) != c.n_layer:
                 n = len(kv_caches) if isinstance(kv_caches, (list, tuple)) else type(kv_caches).__name__
                 raise ValueError(f"kv_caches must be a list of {c.n_layer} KVCache (one per layer), got {n}")
-            if not all(isinstance(kc, KVCache) for kc in kv_caches):
-                raise TypeError("every entry of kv_caches must be an lmlib.attention.KVCache")
+            for i, kc in enumerate(kv_caches):
+                check_type(f"kv_caches[{i}]", kc, KVCache)
             lengths = {len(kc) for kc in kv_caches}
             if len(lengths) != 1:
                 raise ValueError(f"kv_caches have different lengths {sorted(lengths)}; they must all hold the same positions")
@@ -467,7 +465,7 @@ class Llama(nn.Module):
         cos, sin = rope_frequencies(c.head_dim, T, c.rope_theta, start=start, device=idx.device, dtype=x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, kv_cache=None if kv_caches is None else kv_caches[i])  # (B, T, C)
-        x = self.norm(x)  # (B, T, C)
+        x = self.norm(x, _checked=True)  # (B, T, C)
         return self.lm_head(x)  # (B, T, V)
 
     @torch.no_grad()
@@ -493,12 +491,12 @@ class Llama(nn.Module):
         Returns:
             ``(B, T + n)`` LongTensor, ``n <= max_new_tokens``: the prompt and the new tokens.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if eos_token_id is not None and not (isinstance(eos_token_id, int) and 0 <= eos_token_id < self.config.vocab_size):
-            raise ValueError(f"eos_token_id must be a token id in [0, {self.config.vocab_size}) or None, got {eos_token_id!r}")
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be a (B, T) tensor of token ids, got {getattr(idx, 'shape', type(idx).__name__)}")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, min=0)
+        if eos_token_id is not None:
+            eos_token_id = check_int("eos_token_id", eos_token_id, min=0, max=self.config.vocab_size - 1)
+        check_tensor("idx", idx, dim=2, integer=True)  # (B, T) token ids: a float prompt is refused, not truncated
+        if 0 in idx.shape:
+            raise ValueError(f"idx must have shape (B, T) with B >= 1 and T >= 1 (a non-empty prompt), got {tuple(idx.shape)}")
         was_training = self.training
         self.eval()
         try:

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import torch
 
+from lmlib._validate import check_choice, check_float, check_int, check_tensor, check_type
+
 __all__ = [
     "log_softmax",
     "cross_entropy",
@@ -52,13 +54,13 @@ def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
     Subtracting the row maximum ``m`` first gives ``x - m - log sum exp(x - m)``, where every
     exponent is <= 0 (no overflow) and the largest term is exp(0) = 1 (no log(0)).
+    ``x`` needs at least one entry along ``dim`` (a distribution over nothing is undefined).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"x must be floating point, got dtype {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError("x must have at least one dimension")
+    check_tensor("x", x, min_dim=1, floating=True)
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim {dim} is out of range for a tensor of shape {tuple(x.shape)}")
+    if x.shape[dim] == 0:
+        raise ValueError(f"x must have at least one entry along dim {dim}, got shape {tuple(x.shape)}")
     m = x.amax(dim=dim, keepdim=True).detach()  # (..., 1) the max; a constant for autograd
     shifted = x - m
     return shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
@@ -84,22 +86,17 @@ def cross_entropy(
     Returns:
         A 0-d tensor (``mean`` / ``sum``) or a ``targets``-shaped tensor (``none``).
     """
-    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise TypeError(
-            f"logits and targets must be tensors, got {type(logits).__name__} and {type(targets).__name__}"
-        )
-    if not torch.is_floating_point(logits):
-        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
-    if targets.dtype == torch.bool or torch.is_floating_point(targets) or targets.is_complex():
-        raise TypeError(f"targets must hold integer class ids, got dtype {targets.dtype}")
-    if logits.dim() < 1 or logits.shape[:-1] != targets.shape:
+    check_tensor("logits", logits, min_dim=1, floating=True)  # (..., V)
+    check_tensor("targets", targets, integer=True)  # (...) class ids
+    if logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits (..., V) and targets (...) must agree: got logits {tuple(logits.shape)}, "
             f"targets {tuple(targets.shape)}"
         )
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
     V = logits.shape[-1]
+    if V == 0:
+        raise ValueError(f"logits must have V >= 1 classes, got shape {tuple(logits.shape)}")
     keep = torch.ones_like(targets, dtype=torch.bool) if ignore_index is None else targets != ignore_index
     valid = targets[keep]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= V):
@@ -141,8 +138,7 @@ _13A_RULES = [
 
 def tokenize_13a(line: str) -> list[str]:
     """Tokenise like mteval-v13a.pl (and sacrebleu's ``tokenize='13a'``)."""
-    if not isinstance(line, str):
-        raise TypeError(f"line must be a str, got {type(line).__name__}")
+    check_type("line", line, str)
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     if "&" in line:
         line = line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
@@ -210,14 +206,13 @@ def bleu_score(
 ) -> BleuScore:
     """Corpus BLEU with its statistics; see :func:`bleu`."""
     ref_lists = _as_ref_lists(hyps, refs)
-    if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-        raise ValueError(f"max_n must be a positive integer, got {max_n!r}")
-    if smooth not in _SMOOTH_DEFAULTS:
-        raise ValueError(f"smooth must be one of {sorted(_SMOOTH_DEFAULTS)}, got {smooth!r}")
-    if tokenize not in ("13a", "none"):
-        raise ValueError(f"tokenize must be '13a' or 'none', got {tokenize!r}")
+    max_n = check_int("max_n", max_n, min=1)
+    check_choice("smooth", smooth, sorted(_SMOOTH_DEFAULTS))
+    check_choice("tokenize", tokenize, ("13a", "none"))
     if smooth_value is None:
         smooth_value = _SMOOTH_DEFAULTS[smooth]
+    else:  # a finite number >= 0 (a NaN made every smoothed precision, and BLEU, NaN)
+        smooth_value = check_float("smooth_value", smooth_value, min=0.0)
 
     correct = [0] * max_n
     total = [0] * max_n
@@ -369,8 +364,7 @@ def rouge_l_scores(
     Strings are split on whitespace (pass token lists to tokenise differently). If either
     side is empty, or nothing matches, all three are 0.
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
-        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    beta = check_float("beta", beta, min=0.0, min_inclusive=False)
     h = _as_tokens(hyp, "hyp", lowercase)
     r = _as_tokens(ref, "ref", lowercase)
     if not h or not r:

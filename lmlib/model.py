@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlib._validate import check_choice, check_float, check_int, check_tensor, check_type
 from lmlib.attention import KVCache
 from lmlib.transformer import Block, LayerNorm
 
@@ -54,15 +55,11 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {v!r}")
+            setattr(self, name, check_int(f"GPTConfig.{name}", getattr(self, name), min=1))  # numpy ints -> int
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.attn_impl not in ("manual", "sdpa"):
-            raise ValueError(f"GPTConfig.attn_impl must be 'manual' or 'sdpa', got {self.attn_impl!r}")
+        self.dropout = check_float("GPTConfig.dropout", self.dropout, min=0.0, max=1.0, max_inclusive=False)
+        check_choice("GPTConfig.attn_impl", self.attn_impl, ("manual", "sdpa"))
 
 
 class GPT(nn.Module):
@@ -79,9 +76,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("config", config, GPTConfig)
         # check token ids against the vocabulary in forward (one device sync per call);
         # lmlib.train checks the whole data set once and switches this off while training
         self.check_token_ids = True
@@ -123,11 +118,10 @@ class GPT(nn.Module):
             raise TypeError(f"idx must be a LongTensor of token ids (B, T), got {type(idx).__name__}")
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
-        if idx.dim() != 2 or idx.shape[1] == 0:
-            raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-        if not isinstance(start_pos, int) or isinstance(start_pos, bool) or start_pos < 0:
-            raise ValueError(f"start_pos must be an integer >= 0, got {start_pos!r}")
-        T = idx.shape[1]
+        if idx.dim() != 2 or 0 in idx.shape:
+            raise ValueError(f"idx must have shape (B, T) with B >= 1 and T >= 1, got {tuple(idx.shape)}")
+        start_pos = check_int("start_pos", start_pos, min=0)
+        B, T = idx.shape
         if start_pos + T > c.block_size:
             raise ValueError(
                 f"sequence too long: start_pos ({start_pos}) + T ({T}) = {start_pos + T} exceeds "
@@ -138,18 +132,16 @@ class GPT(nn.Module):
                 n = len(kv_caches) if isinstance(kv_caches, (list, tuple)) else type(kv_caches).__name__
                 raise ValueError(f"kv_caches must be a list of {c.n_layer} KVCache (one per layer), got {n}")
             for i, cache in enumerate(kv_caches):
-                if not isinstance(cache, KVCache):
-                    raise TypeError(f"kv_caches[{i}] must be a KVCache, got {type(cache).__name__}")
+                check_type(f"kv_caches[{i}]", cache, KVCache)
                 if len(cache) != start_pos:
                     raise ValueError(
                         f"kv_caches[{i}] holds {len(cache)} positions but start_pos is {start_pos}; "
                         "they must agree (the new tokens follow the cached ones)"
                     )
+                if cache.k is not None and cache.k.shape[0] != B:
+                    raise ValueError(f"kv_caches[{i}] holds a batch of {cache.k.shape[0]} sequences, idx has B = {B}")
         if targets is not None:
-            if not isinstance(targets, torch.Tensor):
-                raise TypeError(f"targets must be a LongTensor or None, got {type(targets).__name__}")
-            if targets.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+            check_tensor("targets", targets, integer=True)
             if targets.shape != idx.shape:
                 raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
         # value checks need the data (a GPU sync); skipped while torch.compile traces
@@ -197,9 +189,9 @@ class GPT(nn.Module):
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
         x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache=None if kv_caches is None else kv_caches[i])  # (B, T, C)
-        x = self.transformer.ln_f(x)  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):  # inputs checked above: no re-checks per layer
+            x = block(x, kv_cache=None if kv_caches is None else kv_caches[i], _checked=True)  # (B, T, C)
+        x = self.transformer.ln_f(x, _checked=True)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -248,11 +240,8 @@ class GPT(nn.Module):
         Returns:
             FLOPs as a float: ``tokens * (6 N + 12 n_layer n_embd T)``.
         """
-        if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not tokens > 0:
-            raise ValueError(f"tokens must be a positive number, got {tokens!r}")
-        T = self.config.block_size if seq_len is None else seq_len
-        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= self.config.block_size:
-            raise ValueError(f"seq_len must be an integer in [1, block_size={self.config.block_size}], got {seq_len!r}")
+        tokens = check_float("tokens", tokens, min=0.0, min_inclusive=False)
+        T = self.config.block_size if seq_len is None else check_int("seq_len", seq_len, min=1, max=self.config.block_size)
         per_token = 6 * self.num_params(non_embedding=True)
         if include_attention:
             per_token += 12 * self.config.n_layer * self.config.n_embd * T
@@ -270,12 +259,11 @@ class GPT(nn.Module):
         Matrices (linear weights, embeddings) are decayed; biases and layer-norm gains are not
         (decaying them only hurts). Uses the fused CUDA kernel when on CUDA.
         """
-        if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        if not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if len(tuple(betas)) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        weight_decay = check_float("weight_decay", weight_decay, min=0.0)
+        lr = check_float("lr", lr, min=0.0, min_inclusive=False)
+        if len(tuple(betas)) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        betas = tuple(check_float(f"betas[{i}]", b, min=0.0, max=1.0, max_inclusive=False) for i, b in enumerate(betas))
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]

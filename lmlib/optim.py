@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
+from lmlib._validate import check_float, check_int, check_tensor
+
 __all__ = ["gradient_descent", "SGD", "AdamW"]
 
 
@@ -42,12 +44,9 @@ def gradient_descent(
         ValueError: bad ``lr``/``steps``, a gradient of the wrong shape, or a non-finite
             gradient (the message names the step, typically a learning rate that is too large).
     """
-    if not isinstance(theta0, torch.Tensor) or not torch.is_floating_point(theta0):
-        raise TypeError("theta0 must be a floating-point torch.Tensor")
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    check_tensor("theta0", theta0, floating=True)
+    lr = check_float("lr", lr, min=0.0, min_inclusive=False)
+    steps = check_int("steps", steps, min=0)
     path = torch.empty((steps + 1, *theta0.shape), dtype=theta0.dtype, device=theta0.device)
     theta = theta0.detach().clone()
     path[0] = theta
@@ -63,9 +62,8 @@ def gradient_descent(
     return path
 
 
-def _check_lr(lr: float) -> None:
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+def _check_lr(lr: float) -> float:
+    return check_float("lr", lr, min=0.0)  # finite, >= 0 (0 freezes the parameters)
 
 
 class SGD(Optimizer):
@@ -89,11 +87,10 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
     ):
-        _check_lr(lr)
-        if not 0.0 <= momentum < 1.0 + 1e-12:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        lr = _check_lr(lr)
+        momentum = check_float("momentum", momentum, min=0.0, max=1.0)
+        dampening = check_float("dampening", dampening)
+        weight_decay = check_float("weight_decay", weight_decay, min=0.0)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening = 0")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
@@ -149,13 +146,12 @@ class AdamW(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
     ):
-        _check_lr(lr)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        lr = _check_lr(lr)
+        if len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        betas = tuple(check_float(f"betas[{i}]", b, min=0.0, max=1.0, max_inclusive=False) for i, b in enumerate(betas))
+        eps = check_float("eps", eps, min=0.0, min_inclusive=False)
+        weight_decay = check_float("weight_decay", weight_decay, min=0.0)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
 

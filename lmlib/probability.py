@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from lmlib._validate import check_float, check_int, check_tensor
+
 __all__ = ["chain_rule_log_prob", "perplexity", "NGramLM", "BOS", "EOS", "UNK"]
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -34,9 +36,7 @@ BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 def _as_float_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        if not torch.is_floating_point(x):
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-        return x
+        return check_tensor(name, x, floating=True)
     try:
         t = torch.as_tensor(x, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -62,8 +62,7 @@ def chain_rule_log_prob(cond_probs: torch.Tensor | Sequence[float]) -> torch.Ten
     p = _as_float_tensor(cond_probs, "cond_probs")
     if p.dim() == 0 or p.shape[-1] == 0:
         raise ValueError(f"cond_probs must have shape (..., n) with n >= 1, got {tuple(p.shape)}")
-    if torch.isnan(p).any():
-        raise ValueError("cond_probs contains NaN")
+    check_tensor("cond_probs", p, allow_nan=False)
     bad = (p < 0) | (p > 1)
     if bad.any():
         idx = tuple(int(i) for i in bad.nonzero()[0])
@@ -87,8 +86,7 @@ def perplexity(nll_per_token: torch.Tensor | Sequence[float], mask: torch.Tensor
     nll = _as_float_tensor(nll_per_token, "nll_per_token")
     if nll.dim() == 0 or nll.shape[-1] == 0:
         raise ValueError(f"nll_per_token must have shape (..., T) with T >= 1, got {tuple(nll.shape)}")
-    if torch.isnan(nll).any():
-        raise ValueError("nll_per_token contains NaN")
+    check_tensor("nll_per_token", nll, allow_nan=False)
     if (nll < 0).any():
         raise ValueError(f"negative log-likelihoods must be >= 0; got min {nll.min().item()}")
     if mask is None:
@@ -127,12 +125,8 @@ class NGramLM:
     """
 
     def __init__(self, n: int, k: float = 1.0):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        if not isinstance(k, (int, float)) or isinstance(k, bool) or not math.isfinite(k) or k < 0:
-            raise ValueError(f"k must be a finite number >= 0, got {k!r}")
-        self.n = n
-        self.k = float(k)
+        self.n = check_int("n", n, min=1)
+        self.k = check_float("k", k, min=0.0)  # finite
         self.counts: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
         self.context_counts: Counter[tuple[str, ...]] = Counter()
         self._vocab: list[str] = []
@@ -245,8 +239,7 @@ class NGramLM:
         """Sample up to ``n`` tokens after ``context`` (stops early at ``</s>``, which is not
         returned). Reproducible: the same ``seed`` gives the same tokens."""
         self._check_fitted()
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        n = check_int("n", n, min=0)
         rng = random.Random(seed)
         history = list(context)
         out: list[str] = []

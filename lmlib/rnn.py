@@ -31,15 +31,12 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from lmlib._validate import check_choice, check_int, check_tensor
+
 __all__ = ["rnn_cell", "RNN", "gradient_norms_through_time"]
 
 Nonlinearity = Literal["tanh", "relu"]
 _ACT = {"tanh": torch.tanh, "relu": torch.relu}
-
-
-def _check_nonlinearity(nonlinearity: str) -> None:
-    if nonlinearity not in _ACT:
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
 
 
 def rnn_cell(
@@ -63,11 +60,8 @@ def rnn_cell(
         h_t, (B, H) (or (H,)), same dtype as the inputs.
     """
     for name, t in (("x_t", x_t), ("h_prev", h_prev), ("W_x", W_x), ("W_h", W_h)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not torch.is_floating_point(t):
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    _check_nonlinearity(nonlinearity)
+        check_tensor(name, t, floating=True)
+    check_choice("nonlinearity", nonlinearity, _ACT)
     if W_x.dim() != 2 or W_h.dim() != 2 or W_h.shape[0] != W_h.shape[1]:
         raise ValueError(
             f"W_x must be (I, H) and W_h (H, H); got W_x {tuple(W_x.shape)} and W_h {tuple(W_h.shape)}"
@@ -84,6 +78,13 @@ def rnn_cell(
         )
     if b is not None and (not isinstance(b, torch.Tensor) or b.shape != (H,)):
         raise ValueError(f"b must be a tensor of shape ({H},); got {getattr(b, 'shape', b)!r}")
+    return _rnn_cell(x_t, h_prev, W_x, W_h, b, nonlinearity)
+
+
+def _rnn_cell(
+    x_t: torch.Tensor, h_prev: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, b: torch.Tensor | None, nonlinearity: str
+) -> torch.Tensor:
+    """:func:`rnn_cell`'s math without the checks (``RNN.forward`` checks once, not per step)."""
     a = x_t @ W_x + h_prev @ W_h  # (B, H)
     if b is not None:
         a = a + b
@@ -101,10 +102,8 @@ class RNN(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: Nonlinearity = "tanh", bias: bool = True):
         super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        _check_nonlinearity(nonlinearity)
+        input_size, hidden_size = check_int("input_size", input_size, min=1), check_int("hidden_size", hidden_size, min=1)
+        check_choice("nonlinearity", nonlinearity, _ACT)
         self.input_size, self.hidden_size, self.nonlinearity = input_size, hidden_size, nonlinearity
         bound = 1.0 / math.sqrt(hidden_size)
         self.W_x = nn.Parameter(torch.empty(input_size, hidden_size).uniform_(-bound, bound))  # (I, H)
@@ -113,35 +112,40 @@ class RNN(nn.Module):
 
     @classmethod
     def from_torch(cls, rnn: nn.RNN) -> "RNN":
-        """Copy a single-layer, unidirectional ``torch.nn.RNN``'s weights."""
-        if not isinstance(rnn, nn.RNN):
+        """Copy a single-layer, unidirectional ``torch.nn.RNN``'s weights, keeping its dtype
+        and device (a float64 RNN stays float64: the copy is exact)."""
+        if not isinstance(rnn, nn.RNN):  # (check_type would say "RNN", ambiguous with ours)
             raise TypeError(f"rnn must be a torch.nn.RNN, got {type(rnn).__name__}")
         if rnn.num_layers != 1 or rnn.bidirectional:
             raise ValueError(f"only single-layer unidirectional RNNs; got num_layers={rnn.num_layers}, "
                              f"bidirectional={rnn.bidirectional}")
         out = cls(rnn.input_size, rnn.hidden_size, nonlinearity=rnn.nonlinearity, bias=rnn.bias)
+        out = out.to(rnn.weight_ih_l0.device, rnn.weight_ih_l0.dtype)  # before copying: no float32 round trip
         with torch.no_grad():
             out.W_x.copy_(rnn.weight_ih_l0.T)
             out.W_h.copy_(rnn.weight_hh_l0.T)
             if rnn.bias:
-                out.b.copy_(rnn.bias_ih_l0 + rnn.bias_hh_l0)
-        return out.to(rnn.weight_ih_l0.device, rnn.weight_ih_l0.dtype)
+                out.b.copy_(rnn.bias_ih_l0 + rnn.bias_hh_l0)  # type: ignore[union-attr]
+        return out
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(
                 f"x must be a (B, T, I) tensor with I = {self.input_size}; got {getattr(x, 'shape', type(x).__name__)}"
             )
+        check_tensor("x", x, floating=True)
         B, T, _ = x.shape
+        if T == 0:
+            raise ValueError(f"x must hold at least one time step, got shape {tuple(x.shape)}")
         if h0 is None:
             h = x.new_zeros(B, self.hidden_size)  # (B, H)
         elif not isinstance(h0, torch.Tensor) or h0.shape != (B, self.hidden_size):
             raise ValueError(f"h0 must be (B, H) = {(B, self.hidden_size)}; got {getattr(h0, 'shape', h0)!r}")
         else:
-            h = h0
+            h = check_tensor("h0", h0, floating=True)
         outputs = []
-        for t in range(T):
-            h = rnn_cell(x[:, t], h, self.W_x, self.W_h, self.b, self.nonlinearity)  # (B, H)
+        for t in range(T):  # shapes checked once above, not at every step
+            h = _rnn_cell(x[:, t], h, self.W_x, self.W_h, self.b, self.nonlinearity)  # (B, H)
             outputs.append(h)
         return torch.stack(outputs, dim=1), h  # (B, T, H), (B, H)
 
@@ -170,8 +174,7 @@ def gradient_norms_through_time(
     """
     if not isinstance(rnn, RNN):
         raise TypeError(f"rnn must be an lmlib.rnn.RNN, got {type(rnn).__name__}")
-    if ord not in ("fro", 2):
-        raise ValueError(f"ord must be 'fro' or 2, got {ord!r}")
+    check_choice("ord", ord, ("fro", 2))
     if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
         raise ValueError(f"x must be (T, I) or (B, T, I); got {getattr(x, 'shape', type(x).__name__)}")
     single = x.dim() == 2

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import regex
 
+from lmlib._validate import check_int, check_texts, check_token_ids, check_type
+
 if TYPE_CHECKING:  # pragma: no cover
     import tokenizers
 
@@ -87,8 +89,7 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Map each character to its id."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        check_type("text", text, str)
         try:
             return [self.stoi[c] for c in text]
         except KeyError as exc:
@@ -99,14 +100,9 @@ class CharTokenizer:
             ) from exc
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Map ids back to characters (accepts a list, a 1-D tensor or array)."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is out of range [0, {self.vocab_size})")
-            out.append(self.chars[i])
-        return "".join(out)
+        """Map ids back to characters (accepts a list, a 1-D integer tensor or array; floats
+        are refused, not truncated)."""
+        return "".join(self.chars[i] for i in check_token_ids("ids", ids, vocab_size=self.vocab_size))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary as JSON."""
@@ -165,8 +161,7 @@ class WordTokenizer:
     @staticmethod
     def split(text: str, lower: bool = False) -> list[str]:
         """Split ``text`` into words and punctuation marks (``WORD_PATTERN``)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
+        check_type("text", text, str)
         return regex.findall(WORD_PATTERN, text.lower() if lower else text)
 
     @classmethod
@@ -175,12 +170,10 @@ class WordTokenizer:
     ) -> "WordTokenizer":
         """Keep words seen at least ``min_count`` times, the ``max_size - 1`` most frequent
         (ties broken alphabetically), plus ``<unk>`` at id 0."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        if not isinstance(min_count, int) or min_count < 1:
-            raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
-        if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
-            raise ValueError(f"max_size must be None or an int >= 1, got {max_size!r}")
+        check_type("text", text, str)
+        min_count = check_int("min_count", min_count, min=1)
+        if max_size is not None:
+            max_size = check_int("max_size", max_size, min=1)
         counts = Counter(cls.split(text, lower))
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         if max_size is not None:
@@ -197,14 +190,8 @@ class WordTokenizer:
         return [self.stoi.get(w, 0) for w in self.split(text, self.lower)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Words joined by single spaces (lossy: see the class docstring)."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is out of range [0, {self.vocab_size})")
-            out.append(self.words[i])
-        return " ".join(out)
+        """Words joined by single spaces (lossy: see the class docstring); integer ids only."""
+        return " ".join(self.words[i] for i in check_token_ids("ids", ids, vocab_size=self.vocab_size))
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
@@ -322,8 +309,7 @@ class BPETokenizer:
             vocab[new] = token
             self.merges[(a, b)] = new
         self.vocab: dict[int, bytes] = vocab
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+        check_type("pattern", pattern, str)
         try:
             self._regex = regex.compile(pattern)
         except regex.error as exc:
@@ -385,15 +371,8 @@ class BPETokenizer:
             special_tokens: strings that get their own ids (the last ones).
             verbose: print each merge.
         """
-        if isinstance(text, str):
-            texts: list[str] = [text]
-        else:
-            texts = list(text)
-            bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-            if bad:
-                raise TypeError(f"text must be a str or an iterable of str; found {bad[0]}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        texts = check_texts("text", text)
+        vocab_size = check_int("vocab_size", vocab_size)
         tok = cls(pattern=pattern, special_tokens=special_tokens)  # validates pattern, specials
         n_special = len(tok.special_tokens)
         if vocab_size < 256 + n_special:
@@ -512,8 +491,7 @@ class BPETokenizer:
 
         Raises ``ValueError`` for a lone surrogate (not encodable as UTF-8).
         """
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        check_type("text", text, str)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -529,7 +507,7 @@ class BPETokenizer:
 
     def token_bytes(self, i: int) -> bytes:
         """The bytes of token ``i`` (a special token's UTF-8)."""
-        i = int(i)
+        i = check_int("i", i)
         if i in self.vocab:
             return self.vocab[i]
         for s, sid in self.special_tokens.items():
@@ -539,7 +517,8 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` (a list, 1-D tensor or array). Bytes that do not form valid UTF-8
-        (e.g. half of a Chinese character) become U+FFFD, as in GPT-2."""
+        (e.g. half of a Chinese character) become U+FFFD, as in GPT-2. Floats are refused."""
+        ids = check_token_ids("ids", ids, vocab_size=self.vocab_size)
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
     @property
@@ -625,15 +604,8 @@ def train_hf_bpe(
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if isinstance(texts, str):
-        texts = [texts]
-    else:
-        texts = list(texts)
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts must be a str or an iterable of str; found {bad[0]}")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+    texts = check_texts("texts", texts)
+    vocab_size = check_int("vocab_size", vocab_size)
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)}; got {vocab_size}")
     tok = Tokenizer(models.BPE())
@@ -660,8 +632,7 @@ def to_hf_tokenizer(bpe: BPETokenizer) -> "tokenizers.Tokenizer":
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    if not isinstance(bpe, BPETokenizer):
-        raise TypeError(f"bpe must be a BPETokenizer, got {type(bpe).__name__}")
+    check_type("bpe", bpe, BPETokenizer)
     vocab = {_to_printable(b): i for i, b in bpe.vocab.items()}
     vocab.update(bpe.special_tokens)
     merges = [(_to_printable(bpe.vocab[a]), _to_printable(bpe.vocab[b])) for a, b in bpe.merges]

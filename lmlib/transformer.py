@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlib._validate import check_float, check_int, check_tensor, check_type
 from lmlib.attention import KVCache, MultiHeadAttention
 
 __all__ = ["layer_norm", "LayerNorm", "FeedForward", "Block"]
@@ -66,30 +67,24 @@ def layer_norm(
         bias: shift ``(C,)`` or None (= zeros).
         eps: added to the variance so that a constant row does not divide by zero; > 0.
     Returns:
-        Tensor of the shape and dtype of ``x``.
+        Tensor of the shape and dtype of ``x`` (``weight`` and ``bias`` are cast to it, so
+        float64 parameters do not promote a float32 input).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"x must be floating point, got dtype {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (the features), got a 0-d tensor")
-    if not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    check_tensor("x", x, min_dim=1, floating=True)  # (..., C)
+    eps = check_float("eps", eps, min=0.0, min_inclusive=False)
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None:
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"{name} must be a tensor or None, got {type(p).__name__}")
+            check_type(name, p, torch.Tensor)
             if p.shape != (C,):
                 raise ValueError(f"{name} must have shape ({C},) to match x {tuple(x.shape)}, got {tuple(p.shape)}")
     mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
     var = (x - mean).pow(2).mean(dim=-1, keepdim=True)  # (..., 1) biased variance
     y = (x - mean) * torch.rsqrt(var + eps)  # (..., C) zero mean, unit variance per token
     if weight is not None:
-        y = y * weight
+        y = y * weight.to(x.dtype)
     if bias is not None:
-        y = y + bias
+        y = y + bias.to(x.dtype)
     return y
 
 
@@ -108,17 +103,14 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
-        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-            raise ValueError(f"d must be a positive integer, got {d!r}")
-        if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        self.d, self.eps = d, float(eps)
+        self.d = check_int("d", d, min=1)
+        self.eps = check_float("eps", eps, min=0.0, min_inclusive=False)
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., d) -> (..., d)``."""
-        if x.shape[-1:] != (self.d,):
+    def forward(self, x: torch.Tensor, *, _checked: bool = False) -> torch.Tensor:
+        """``(..., d) -> (..., d)``. (``_checked``: internal, the caller has checked ``x``.)"""
+        if not _checked and x.shape[-1:] != (self.d,):
             raise ValueError(f"x must have last dimension {self.d}, got shape {tuple(x.shape)}")
         return F.layer_norm(x, (self.d,), self.weight, self.bias, self.eps)
 
@@ -143,23 +135,21 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int | None = None, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
-            raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
-        if d_ff is None:
-            d_ff = 4 * d_model
-        if not isinstance(d_ff, int) or isinstance(d_ff, bool) or d_ff < 1:
-            raise ValueError(f"d_ff must be a positive integer or None, got {d_ff!r}")
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        d_model = check_int("d_model", d_model, min=1)
+        d_ff = 4 * d_model if d_ff is None else check_int("d_ff", d_ff, min=1)
+        dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_inclusive=False)
         self.d_model, self.d_ff = d_model, d_ff
         self.c_fc = nn.Linear(d_model, d_ff, bias=bias)  # W1, b1
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(d_ff, d_model, bias=bias)  # W2, b2
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, T, C) -> (B, T, C)`` (any leading dimensions work)."""
-        if x.shape[-1:] != (self.d_model,):
+    def forward(self, x: torch.Tensor, *, _checked: bool = False) -> torch.Tensor:
+        """``(B, T, C) -> (B, T, C)`` (any leading dimensions work).
+
+        (``_checked``: internal, the caller has checked ``x``.)
+        """
+        if not _checked and x.shape[-1:] != (self.d_model,):
             raise ValueError(f"x must have last dimension d_model={self.d_model}, got shape {tuple(x.shape)}")
         h = self.gelu(self.c_fc(x))  # (B, T, d_ff)
         return self.dropout(self.c_proj(h))  # (B, T, C)
@@ -193,9 +183,8 @@ class Block(nn.Module):
         impl: Literal["manual", "sdpa"] = "manual",
     ):
         super().__init__()
-        if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
-            raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
-        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1 or d_model % n_heads:
+        n_heads, d_model = check_int("n_heads", n_heads, min=1), check_int("d_model", d_model, min=1)
+        if d_model % n_heads:
             raise ValueError(f"d_model must be a positive multiple of n_heads ({n_heads}), got {d_model!r}")
         self.d_model = d_model
         self.ln_1 = LayerNorm(d_model, bias=bias)
@@ -203,19 +192,23 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(d_model, bias=bias)
         self.mlp = FeedForward(d_model, dropout=dropout, bias=bias)
 
-    def forward(self, x: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, kv_cache: KVCache | None = None, _checked: bool = False) -> torch.Tensor:
         """``x`` ``(B, T, C)`` -> ``(B, T, C)``.
 
         Args:
             kv_cache: this layer's :class:`~lmlib.attention.KVCache` for incremental decoding
                 (chapter 3.3); the new keys/values are appended and the T new queries attend
                 to every cached position and causally among themselves.
+            _checked: internal; ``GPT.forward`` checks its input once for all layers, and
+                the blocks (and their sub-layers) then skip their own checks.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (B, T, {self.d_model}), got {shape}")
-        if kv_cache is not None and not isinstance(kv_cache, KVCache):
-            raise TypeError(f"kv_cache must be an lmlib.attention.KVCache or None, got {type(kv_cache).__name__}")
-        x = x + self.attn(self.ln_1(x), kv_cache=kv_cache)  # (B, T, C)
-        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        if not _checked:
+            check_type("x", x, torch.Tensor)
+            if x.dim() != 3 or x.shape[-1] != self.d_model:
+                raise ValueError(f"x must have shape (B, T, {self.d_model}), got {tuple(x.shape)}")
+            if kv_cache is not None:
+                check_type("kv_cache", kv_cache, KVCache)
+        c = True  # from here on x is known good: the sub-layers need not re-check it
+        x = x + self.attn(self.ln_1(x, _checked=c), kv_cache=kv_cache, _checked=c)  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x, _checked=c), _checked=c)  # (B, T, C)
         return x

@@ -93,7 +93,7 @@ def test_softmax_rejects_bad_input() -> None:
         softmax(torch.tensor([1.0, float("inf")]))
     with pytest.raises(ValueError, match="out of range"):
         softmax(torch.zeros(2, 3), dim=2)
-    with pytest.raises(ValueError, match="0-d"):
+    with pytest.raises(ValueError, match=r"x needs at least 1 dimension.*got shape \(\)"):
         softmax(torch.tensor(1.0))
 
 
@@ -105,7 +105,7 @@ def test_causal_mask() -> None:
     m = causal_mask(2, past=3)
     assert m.shape == (2, 5)
     assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="T must be >= 1, got 0"):
         causal_mask(0)
     with pytest.raises(ValueError, match="past"):
         causal_mask(2, past=-1)
@@ -164,6 +164,29 @@ def test_sdpa_fully_masked_query_gives_zeros_like_torch() -> None:
     assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, attn_mask=keep), atol=1e-10)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_sdpa_propagates_nan_like_torch(where: str, causal: bool) -> None:
+    # a NaN must not be turned into zeros (silently hiding a bug upstream): torch propagates it
+    q, k, v = _qkv(T=4, S=4)
+    {"q": q, "k": k, "v": v}[where][0, 1, 2, 3] = float("nan")
+    out, _ = scaled_dot_product_attention(q, k, v, causal=causal)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    assert torch.isnan(ref).any()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+def test_sdpa_fully_masked_row_stays_zero_next_to_a_nan() -> None:
+    q, k, v = _qkv(T=3, S=4)
+    q[0, 0, 2, 0] = float("nan")  # query 2 of one head is NaN
+    keep = torch.ones(3, 4, dtype=torch.bool)
+    keep[1] = False  # query 1 sees no key
+    out, w = scaled_dot_product_attention(q, k, v, mask=keep)
+    assert (out[..., 1, :] == 0).all() and (w[..., 1, :] == 0).all()
+    assert torch.isnan(out[0, 0, 2]).all() and not torch.isnan(out[0, 1:]).any()
+
+
 def test_sdpa_is_the_formula() -> None:
     q, k, v = _qkv(B=1, H=1, T=3, S=3, dk=4, dv=2)
     scores = (q @ k.transpose(-1, -2)) / 2.0  # sqrt(4)
@@ -176,7 +199,7 @@ def test_sdpa_is_the_formula() -> None:
     [
         (((2, 3, 4), (2, 3, 5), (2, 3, 4)), ValueError, "same last dimension d_k"),
         (((2, 3, 4), (2, 5, 4), (2, 6, 4)), ValueError, "same length S"),
-        (((4,), (4,), (4,)), ValueError, r"\(\.\.\., length, dim\)"),
+        (((4,), (4,), (4,)), ValueError, r"q needs at least 2 dimension\(s\), got shape \(4,\)"),
         (((2, 3, 4), (3, 3, 4), (3, 3, 4)), ValueError, "do not broadcast"),
     ],
 )
@@ -192,7 +215,7 @@ def test_sdpa_rejects_bad_masks() -> None:
         scaled_dot_product_attention(q, k, v, mask=torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
         scaled_dot_product_attention(q, k, v, mask=torch.ones(3, 4, dtype=torch.int64))
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="q must have a floating-point dtype, got torch.int64"):
         scaled_dot_product_attention(q.long(), k, v)
 
 
@@ -219,6 +242,18 @@ def test_multi_head_attention_matches_torch(impl: str, causal: bool) -> None:
     attn_mask = ~torch.tril(torch.ones(6, 6, dtype=torch.bool)) if causal else None  # torch: True = forbid
     expected, _ = ref(x, x, x, attn_mask=attn_mask, need_weights=False)
     assert torch.allclose(mha(x), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["manual", "sdpa"])
+def test_multi_head_attention_propagates_nan_like_torch(impl: str) -> None:
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(8, 2, impl=impl).double().eval()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    x[0, 2, 0] = float("nan")  # one feature of one token of the first sequence
+    y = ours(x)
+    ref, _ = _torch_mha_from(ours)(x, x, x, need_weights=False)
+    assert torch.isnan(y[0]).all() and not torch.isnan(y[1]).any()
+    torch.testing.assert_close(y, ref, equal_nan=True)
 
 
 def test_multi_head_attention_padding_mask_matches_torch() -> None:
@@ -335,3 +370,14 @@ def test_positional_encoding_rejects_bad_sizes() -> None:
         sinusoidal_positional_encoding(4, 7)
     with pytest.raises(ValueError, match="seq_len"):
         sinusoidal_positional_encoding(0, 8)
+
+
+def test_positional_encoding_rejects_integer_dtype_and_bad_base() -> None:
+    # an integer dtype would truncate every value in [-1, 1] to 0 or +-1
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype, got torch.int64"):
+        sinusoidal_positional_encoding(4, 8, dtype=torch.long)
+    for base in (0.0, -10000.0):
+        with pytest.raises(ValueError, match=f"base must be > 0.0, got {base}"):
+            sinusoidal_positional_encoding(4, 8, base=base)
+    with pytest.raises(ValueError, match="base must be a number, got NaN"):
+        sinusoidal_positional_encoding(4, 8, base=float("nan"))

@@ -144,7 +144,7 @@ def test_nearest_neighbours_by_hand() -> None:
 
 
 def test_embeddings_bad_input() -> None:
-    with pytest.raises(ValueError, match="min_count"):
+    with pytest.raises(ValueError, match="min_count must be >= 1, got 0"):
         build_vocab(["a"], min_count=0)
     with pytest.raises(ValueError, match="max_size"):
         build_vocab(["a"], max_size=0)
@@ -156,10 +156,12 @@ def test_embeddings_bad_input() -> None:
         build_vocab(["a"], min_count=2)
     with pytest.raises(ValueError, match="differ in length"):
         Vocab(["a"], [1, 2])
-    with pytest.raises(ValueError, match="window must be an int >= 1"):
+    with pytest.raises(ValueError, match="window must be >= 1, got 0"):
         skipgram_pairs([1, 2], 0)
-    with pytest.raises(ValueError, match="1-D integer tensor"):
+    with pytest.raises(TypeError, match="token_ids must have an integer dtype.*torch.float32"):
         skipgram_pairs(torch.zeros(3), 1)
+    with pytest.raises(ValueError, match=r"token_ids must be 1-d, got shape \(1, 3\)"):
+        skipgram_pairs(torch.zeros(1, 3, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="non-negative"):
         skipgram_pairs([1, -2], 1)
     with pytest.raises(ValueError, match="power"):
@@ -168,11 +170,11 @@ def test_embeddings_bad_input() -> None:
         noise_distribution([0, 0])
     with pytest.raises(ValueError, match="non-empty 1-D"):
         noise_distribution([[1, 2]])
-    with pytest.raises(ValueError, match="size must be a positive int"):
+    with pytest.raises(ValueError, match="size must be >= 1, got 0"):
         unigram_table([1, 2], size=0)
     with pytest.raises(ValueError, match="smaller than the number of words"):
         unigram_table([1, 2, 3], size=2)
-    with pytest.raises(ValueError, match="t must be > 0"):
+    with pytest.raises(ValueError, match=r"t must be > 0.0, got 0.0"):
         subsample([0], [1], t=0)
     with pytest.raises(ValueError, match="out of range for 1 counts"):
         subsample([3], [1])
@@ -182,7 +184,7 @@ def test_embeddings_bad_input() -> None:
         negative_sampling_loss(torch.zeros(2, 3), torch.zeros(3, 3), torch.zeros(2, 4, 3))
     with pytest.raises(TypeError, match="floating-point"):
         negative_sampling_loss(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), torch.zeros(2, 4, 3))
-    with pytest.raises(ValueError, match="dim must be a positive int"):
+    with pytest.raises(ValueError, match="dim must be >= 1, got 0"):
         SkipGram(5, 0)
     with pytest.raises(ValueError, match=r"expected center \(B,\)"):
         SkipGram(5, 2)(torch.tensor([1]), torch.tensor([1, 2]), torch.tensor([[1]]))
@@ -190,20 +192,29 @@ def test_embeddings_bad_input() -> None:
         train_skipgram(torch.zeros(3, 2), [1, 1])
     with pytest.raises(ValueError, match=r"pair ids must be in \[0, 2\)"):
         train_skipgram(torch.tensor([[0, 5]]), [1, 1])
-    with pytest.raises(ValueError, match="negatives must be a positive int"):
+    with pytest.raises(ValueError, match="negatives must be >= 1, got 0"):
         train_skipgram(torch.tensor([[0, 1]]), [1, 1], negatives=0)
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match=r"lr must be > 0.0, got 0.0"):
         train_skipgram(torch.tensor([[0, 1]]), [1, 1], lr=0)
     emb = torch.randn(4, 2)
     with pytest.raises(ValueError, match="pass vocab="):
         nearest_neighbours(emb, "a")
     with pytest.raises(ValueError, match="not in the vocabulary"):
         nearest_neighbours(emb, "z", vocab=Vocab(list("abcd"), [1] * 4))
-    with pytest.raises(ValueError, match=r"k must be an int in \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"k must be <= 3, got 4"):
         nearest_neighbours(emb, 0, k=4)
     with pytest.raises(ValueError, match="out of range"):
         nearest_neighbours(emb, 9)
-    with pytest.raises(TypeError, match="str or an int"):
+    with pytest.raises(TypeError, match="word must be str or int, got float"):
         nearest_neighbours(emb, 1.5)
     with pytest.raises(ValueError, match=r"emb must be a \(V, D\)"):
         nearest_neighbours(torch.zeros(4), 0)
+
+
+def test_skipgram_pairs_refuse_float_ids_instead_of_truncating() -> None:
+    # torch.as_tensor([1, 2.7], dtype=torch.long) silently made the pair (1, 2)
+    assert skipgram_pairs([1, 2], 1).tolist() == [[1, 2], [2, 1]]
+    with pytest.raises(TypeError, match=r"token_ids\[1\] must be an integer token id, got float 2.7"):
+        skipgram_pairs([1, 2.7], 1)
+    with pytest.raises(TypeError, match=r"token_ids\[0\] must be an integer token id, got float 1.0"):
+        subsample([1.0, 0], [1, 1])

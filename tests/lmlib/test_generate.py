@@ -83,15 +83,15 @@ def test_top_k_keeps_the_k_largest(logits, k) -> None:
 
 def test_filters_bad_inputs() -> None:
     x = torch.randn(2, 5)
-    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         top_k_filter(x, 0)
-    with pytest.raises(ValueError, match="k must be an integer"):
+    with pytest.raises(TypeError, match="k must be an integer, got float 2.5"):
         top_k_filter(x, 2.5)
-    with pytest.raises(ValueError, match=r"p must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"p must be > 0.0, got 0.0"):
         top_p_filter(x, 0.0)
-    with pytest.raises(ValueError, match=r"p must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"p must be <= 1.0, got 1.5"):
         top_p_filter(x, 1.5)
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="logits must have a floating-point dtype"):
         top_k_filter(torch.ones(2, 5, dtype=torch.long), 2)
     with pytest.raises(TypeError, match="torch.Tensor"):
         top_p_filter([0.1, 0.2], 0.5)
@@ -137,10 +137,40 @@ def test_sample_next_bad_inputs() -> None:
         sample_next(x, top_k=0)
     with pytest.raises(ValueError, match="top_p"):
         sample_next(x, top_p=2.0)
-    with pytest.raises(ValueError, match=r"\(B, V\)"):
+    with pytest.raises(ValueError, match=r"logits must be 2-d, got shape \(5,\)"):
         sample_next(torch.randn(5))
     with pytest.raises(TypeError, match="generator"):
         sample_next(x, generator=0)
+
+
+@pytest.mark.parametrize("name, value", [("temperature", float("nan")), ("temperature", float("inf")),
+                                         ("top_p", float("nan")), ("top_p", float("inf"))])
+def test_sampling_options_refuse_nan_and_inf(name, value) -> None:
+    # NaN slipped through `temperature < 0` and `0 < top_p <= 1` checks before
+    x = torch.randn(2, 5)
+    with pytest.raises(ValueError, match=f"{name} must be (a number|finite), got (NaN|inf)"):
+        sample_next(x, **{name: value})
+    with pytest.raises(ValueError, match=name):
+        generate(_model(), torch.zeros(1, 3, dtype=torch.long), 2, **{name: value})
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_unsamplable_logit_rows_are_a_clear_error(greedy: bool) -> None:
+    ok = torch.randn(5)
+    dead = torch.stack([ok, torch.full((5,), float("-inf"))])  # row 1: every token forbidden
+    with pytest.raises(ValueError, match="logits row 1 is entirely -inf"):
+        sample_next(dead, greedy=greedy)
+    hot = torch.stack([ok, ok.clone().index_fill_(0, torch.tensor([2]), float("inf"))])
+    with pytest.raises(ValueError, match=r"logits contain \+inf"):
+        sample_next(hot, greedy=greedy)
+    with pytest.raises(ValueError, match=r"logits contain \+inf"):
+        sample_next(torch.tensor([[1e38, 0.0]]), temperature=1e-3)  # overflows to +inf when divided
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 0)])
+def test_generate_refuses_empty_prompts(shape) -> None:
+    with pytest.raises(ValueError, match=rf"B >= 1 and T >= 1.*got \({shape[0]}, {shape[1]}\)"):
+        generate(_model(), torch.zeros(shape, dtype=torch.long), 2)
 
 
 # --------------------------------------------------------------------------- generate

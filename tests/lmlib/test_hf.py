@@ -87,7 +87,7 @@ def test_bad_inputs_minilm(minilm):
         hf.embed_sentences([], *minilm)
     with pytest.raises(TypeError, match="only str; found int"):
         hf.embed_sentences(["ok", 3], *minilm)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         hf.embed_sentences(["ok"], *minilm, batch_size=0)
     with pytest.raises(ValueError, match="pass both model and tokenizer"):
         hf.embed_sentences(["ok"], minilm[0])
@@ -203,6 +203,15 @@ def test_chat_answers_a_factual_question_greedily(smollm2):
     assert sampled[0] == sampled[1] and sampled[0]  # sampling with a seed is reproducible
 
 
+@pytest.mark.parametrize("kw, match", [(dict(temperature=float("nan")), "temperature must be a number, got NaN"),
+                                       (dict(temperature=0.0), r"temperature must be > 0.0, got 0.0"),
+                                       (dict(top_p=float("nan")), "top_p must be a number, got NaN")])
+def test_chat_refuses_nan_sampling_options(kw, match):
+    # checked before the model or tokenizer is touched
+    with pytest.raises(ValueError, match=match):
+        hf.chat(None, None, "hi", do_sample=True, **kw)
+
+
 def test_chat_bad_inputs(smollm2):
     model, tok = smollm2
     with pytest.raises(ValueError, match="messages must be a non-empty list"):
@@ -211,7 +220,7 @@ def test_chat_bad_inputs(smollm2):
         hf.chat(model, tok, [{"role": "robot", "content": "hi"}])
     with pytest.raises(ValueError, match=r"messages\[0\] must be a dict"):
         hf.chat(model, tok, [("user", "hi")])
-    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
         hf.chat(model, tok, "hi", max_new_tokens=0)
     with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
         hf.load_smollm2(dtype=torch.int8)

@@ -68,7 +68,7 @@ def test_config_rejects_bad_values():
         LlamaConfig(head_dim=63)
     with pytest.raises(ValueError, match="attn_impl"):
         LlamaConfig(attn_impl="flash")
-    with pytest.raises(ValueError, match="n_layer must be a positive integer"):
+    with pytest.raises(ValueError, match="LlamaConfig.n_layer must be >= 1, got 0"):
         LlamaConfig(n_layer=0)
     with pytest.raises(ValueError, match="rope_type='linear'"):
         LlamaConfig.from_hf({**TINY_HF, "model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
@@ -103,7 +103,7 @@ def test_rmsnorm_keeps_dtype_and_rejects_wrong_width():
     assert norm(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="last dimension 8"):
         norm(torch.randn(2, 7))
-    with pytest.raises(ValueError, match="eps must be a positive"):
+    with pytest.raises(ValueError, match=r"eps must be > 0.0, got 0"):
         RMSNorm(8, eps=0)
 
 
@@ -169,11 +169,11 @@ def test_rotate_half_by_hand():
 def test_rope_bad_inputs():
     with pytest.raises(ValueError, match="head_dim must be even"):
         rope_frequencies(7, 4)
-    with pytest.raises(ValueError, match="seq_len must be a positive integer"):
+    with pytest.raises(ValueError, match="seq_len must be >= 1, got 0"):
         rope_frequencies(8, 0)
-    with pytest.raises(ValueError, match="start must be an integer >= 0"):
+    with pytest.raises(ValueError, match="start must be >= 0, got -1"):
         rope_frequencies(8, 4, start=-1)
-    with pytest.raises(ValueError, match="theta must be a number > 1"):
+    with pytest.raises(ValueError, match=r"theta must be > 1.0, got 1.0"):
         rope_frequencies(8, 4, theta=1)
     cos, sin = rope_frequencies(8, 4)
     with pytest.raises(ValueError, match=r"cos and sin must be \(T, hs\) = \(5, 8\)"):
@@ -198,7 +198,7 @@ def test_swiglu_matches_transformers_mlp_and_formula():
     g, u, d = ref.gate_proj.weight, ref.up_proj.weight, ref.down_proj.weight
     by_hand = ((x @ g.T) * torch.sigmoid(x @ g.T) * (x @ u.T)) @ d.T  # silu(z) = z sigmoid(z)
     torch.testing.assert_close(ours(x), by_hand, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="hidden must be a positive integer"):
+    with pytest.raises(ValueError, match="hidden must be >= 1, got 0"):
         SwiGLU(48, 0)
 
 
@@ -206,7 +206,7 @@ def test_repeat_kv_matches_transformers_and_bad_input():
     x = torch.randn(2, 3, 5, 4)
     torch.testing.assert_close(repeat_kv(x, 3), hf_llama.repeat_kv(x, 3), rtol=0, atol=0)
     assert torch.equal(repeat_kv(x, 3)[:, 4], x[:, 1])  # query head 4 reads key/value head 4 // 3 = 1
-    with pytest.raises(ValueError, match="n_rep must be a positive integer"):
+    with pytest.raises(ValueError, match="n_rep must be >= 1, got 0"):
         repeat_kv(x, 0)
     with pytest.raises(ValueError, match=r"x must be \(B, n_kv, S, hs\)"):
         repeat_kv(x[0], 2)
@@ -315,6 +315,18 @@ def test_generate_stops_at_eos_and_pads_finished_rows():
     assert both[0].tolist() == free[0, :5].tolist() + [eos] * 5  # a finished row repeats its end token
 
 
+def test_generate_refuses_float_and_empty_prompts():
+    # idx.long() used to truncate a float prompt: 2.7 became token 2
+    ours = Llama(LlamaConfig.from_hf(TINY_HF))
+    with pytest.raises(TypeError, match="idx must have an integer dtype.*torch.float32"):
+        ours.generate(torch.tensor([[1.0, 2.7]]), 2)
+    for shape in [(0, 3), (1, 0)]:
+        with pytest.raises(ValueError, match=rf"B >= 1 and T >= 1.*got \({shape[0]}, {shape[1]}\)"):
+            ours.generate(torch.zeros(shape, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=r"B >= 1 and T >= 1, got \(0, 3\)"):
+        ours(torch.zeros(0, 3, dtype=torch.long))
+
+
 def test_model_bad_inputs():
     ours = Llama(LlamaConfig.from_hf(TINY_HF))
     with pytest.raises(TypeError, match="idx must be a LongTensor"):
@@ -327,11 +339,11 @@ def test_model_bad_inputs():
         ours(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="list of 2 KVCache"):
         ours(torch.zeros(1, 3, dtype=torch.long), kv_caches=[KVCache()])
-    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0"):
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
         ours.generate(torch.zeros(1, 3, dtype=torch.long), -1)
-    with pytest.raises(ValueError, match="eos_token_id must be a token id"):
+    with pytest.raises(ValueError, match="eos_token_id must be <= 60, got 99"):
         ours.generate(torch.zeros(1, 3, dtype=torch.long), 2, eos_token_id=99)
-    with pytest.raises(TypeError, match="config must be a LlamaConfig"):
+    with pytest.raises(TypeError, match="config must be LlamaConfig, got dict"):
         Llama(TINY_HF)
 
 

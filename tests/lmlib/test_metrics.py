@@ -86,15 +86,15 @@ def test_cross_entropy_bad_inputs() -> None:
         cross_entropy(logits, torch.zeros(4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="class 5, outside"):
         cross_entropy(logits, torch.tensor([0, 1, 5, 2]))
-    with pytest.raises(TypeError, match="integer class ids"):
+    with pytest.raises(TypeError, match="targets must have an integer dtype.*torch.float32"):
         cross_entropy(logits, torch.zeros(4))
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="logits must have a floating-point dtype, got torch.int64"):
         cross_entropy(torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
         cross_entropy(logits, torch.zeros(4, dtype=torch.long), reduction="avg")
-    with pytest.raises(TypeError, match="tensors"):
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor, got list"):
         perplexity_from_logits([[0.1, 0.2]], [0])
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="x must have a floating-point dtype, got torch.int64"):
         log_softmax(torch.zeros(3, dtype=torch.long))
 
 
@@ -242,3 +242,24 @@ def test_rouge_l_bad_inputs() -> None:
         rouge_l_corpus("a b", "a b")
     with pytest.raises(TypeError, match="list of tokens"):
         lcs_length("abc", ["a"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+@pytest.mark.parametrize("smooth", ["floor", "add-k"])
+def test_bleu_refuses_a_bad_smooth_value(smooth, value) -> None:
+    # a NaN smooth_value returned a NaN BLEU instead of an error
+    with pytest.raises(ValueError, match="smooth_value must be"):
+        bleu(["the cat sat on a mat"], ["the cat sat on the mat"], smooth=smooth, smooth_value=value)
+
+
+def test_empty_inputs_are_clear_errors() -> None:
+    # amax over an empty dimension used to raise torch's own RuntimeError
+    with pytest.raises(ValueError, match=r"x must have at least one entry along dim -1, got shape \(3, 0\)"):
+        log_softmax(torch.zeros(3, 0))
+    with pytest.raises(ValueError, match=r"logits must have V >= 1 classes, got shape \(4, 0\)"):
+        cross_entropy(torch.zeros(4, 0), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="hyps is empty"):
+        rouge_l_corpus([], [])
+    # an empty batch is not an error: the mean over no positions is NaN, as in PyTorch
+    empty = cross_entropy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+    assert torch.isnan(empty) and torch.isnan(torch.nn.functional.cross_entropy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)))

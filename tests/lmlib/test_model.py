@@ -170,6 +170,13 @@ def test_dropout_config_is_used() -> None:
     assert torch.equal(model(idx)[0], model(idx)[0])
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0), (0, 0)])
+def test_empty_batch_or_sequence_is_a_clear_error(shape) -> None:
+    # B = 0 used to reach idx.min() on an empty tensor (an obscure torch RuntimeError)
+    with pytest.raises(ValueError, match=rf"idx must have shape \(B, T\) with B >= 1 and T >= 1, got \({shape[0]}, {shape[1]}\)"):
+        _tiny()(torch.zeros(shape, dtype=torch.long))
+
+
 def test_bad_inputs() -> None:
     model = _tiny()
     with pytest.raises(ValueError, match="exceeds block_size 16"):
@@ -198,7 +205,7 @@ def test_bad_inputs() -> None:
         model(torch.zeros(1, 1, dtype=torch.long), kv_caches=caches, start_pos=0)
     with pytest.raises(ValueError, match="start_pos"):
         model(torch.zeros(1, 3, dtype=torch.long), start_pos=-1)
-    with pytest.raises(ValueError, match="tokens must be a positive"):
+    with pytest.raises(ValueError, match=r"tokens must be > 0.0, got 0.0"):
         model.estimate_flops(0)
     with pytest.raises(ValueError, match="seq_len"):
         model.estimate_flops(10, seq_len=17)
@@ -209,8 +216,14 @@ def test_bad_inputs() -> None:
 @pytest.mark.parametrize(
     "kw, match",
     [(dict(n_embd=10, n_head=4), "divisible by n_head"), (dict(vocab_size=0), "vocab_size"),
-     (dict(dropout=1.5), "dropout"), (dict(attn_impl="flash"), "attn_impl"), (dict(block_size=2.5), "block_size")],
+     (dict(dropout=1.5), "dropout"), (dict(attn_impl="flash"), "attn_impl"),
+     (dict(dropout=float("nan")), "GPTConfig.dropout must be a number, got NaN")],
 )
 def test_config_bad_values(kw, match) -> None:
     with pytest.raises(ValueError, match=match):
         GPTConfig(**kw)
+
+
+def test_config_refuses_a_float_size() -> None:
+    with pytest.raises(TypeError, match="GPTConfig.block_size must be an integer, got float 2.5"):
+        GPTConfig(block_size=2.5)

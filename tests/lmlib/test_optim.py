@@ -139,6 +139,39 @@ def test_optimizers_reject_bad_hyperparameters(factory, match) -> None:
         factory([torch.nn.Parameter(torch.zeros(2))])
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (lambda p: SGD(p, lr=0.1, weight_decay=NAN), "weight_decay must be a number, got NaN"),
+        (lambda p: SGD(p, lr=0.1, weight_decay=INF), "weight_decay must be finite, got inf"),
+        (lambda p: SGD(p, lr=NAN), "lr must be a number, got NaN"),
+        (lambda p: SGD(p, lr=INF), "lr must be finite, got inf"),
+        (lambda p: SGD(p, lr=0.1, momentum=NAN), "momentum must be a number, got NaN"),
+        (lambda p: SGD(p, lr=0.1, momentum=0.9, dampening=NAN), "dampening must be a number, got NaN"),
+        (lambda p: AdamW(p, weight_decay=NAN), "weight_decay must be a number, got NaN"),
+        (lambda p: AdamW(p, weight_decay=INF), "weight_decay must be finite, got inf"),
+        (lambda p: AdamW(p, betas=(NAN, 0.999)), r"betas\[0\] must be a number, got NaN"),
+        (lambda p: AdamW(p, betas=(0.9, NAN)), r"betas\[1\] must be a number, got NaN"),
+        (lambda p: AdamW(p, eps=NAN), "eps must be a number, got NaN"),
+        (lambda p: AdamW(p, eps=INF), "eps must be finite, got inf"),
+    ],
+)
+def test_optimizers_refuse_nan_and_inf_hyperparameters(factory, match) -> None:
+    # NaN passed every `x < 0` / `0 <= x < 1` comparison and turned the parameters into NaN
+    with pytest.raises(ValueError, match=match):
+        factory([torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_gradient_descent_refuses_nan_lr_and_float_steps() -> None:
+    with pytest.raises(ValueError, match="lr must be a number, got NaN"):
+        gradient_descent(lambda th: th, torch.ones(2), lr=NAN, steps=3)
+    with pytest.raises(TypeError, match="steps must be an integer, got float 3.0"):
+        gradient_descent(lambda th: th, torch.ones(2), lr=0.1, steps=3.0)
+
+
 # --------------------------------------------------------------------------- Muon (chapter 4.6)
 
 from lmlib.optim import Muon, MuonWithAuxAdamW, muon_lr, muon_param_groups, newton_schulz  # noqa: E402

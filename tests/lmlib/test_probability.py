@@ -185,10 +185,13 @@ def test_generation_is_reproducible_and_stops_at_end_symbol() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs, match", [({"n": 0}, "n must be"), ({"n": 2.0}, "n must be"), ({"n": 2, "k": -1}, "k must be")]
+    "kwargs, exc, match",
+    [({"n": 0}, ValueError, "n must be >= 1, got 0"), ({"n": 2.0}, TypeError, "n must be an integer, got float 2.0"),
+     ({"n": 2, "k": -1}, ValueError, r"k must be >= 0.0, got -1.0"),
+     ({"n": 2, "k": float("nan")}, ValueError, "k must be a number, got NaN")],
 )
-def test_constructor_rejects_bad_arguments(kwargs, match) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_constructor_rejects_bad_arguments(kwargs, exc, match) -> None:
+    with pytest.raises(exc, match=match):
         NGramLM(**kwargs)
 
 

@@ -120,7 +120,7 @@ def test_rnn_bad_input() -> None:
         rnn_cell(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 3), W_x, W_h)
     with pytest.raises(TypeError, match="x_t must be a torch.Tensor"):
         rnn_cell([[0.0, 0.0]], torch.zeros(1, 3), W_x, W_h)
-    with pytest.raises(ValueError, match="hidden_size must be a positive int"):
+    with pytest.raises(ValueError, match="hidden_size must be >= 1, got 0"):
         RNN(2, 0)
     rnn = RNN(2, 3)
     with pytest.raises(ValueError, match=r"x must be a \(B, T, I\) tensor with I = 2"):
@@ -137,3 +137,23 @@ def test_rnn_bad_input() -> None:
         gradient_norms_through_time(rnn, torch.zeros(4, 2), ord=1)
     with pytest.raises(ValueError, match=r"x must be \(T, I\) or \(B, T, I\)"):
         gradient_norms_through_time(rnn, torch.zeros(4))
+
+
+def test_from_torch_keeps_float64_precision() -> None:
+    # from_torch built float32 parameters first and cast afterwards, losing ~1e-8
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, batch_first=True, dtype=torch.float64)
+    ours = RNN.from_torch(ref)
+    assert ours.W_x.dtype == torch.float64
+    assert torch.equal(ours.W_x, ref.weight_ih_l0.T) and torch.equal(ours.W_h, ref.weight_hh_l0.T)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    out, h = ours(x)
+    ref_out, ref_h = ref(x)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-14)
+    torch.testing.assert_close(h, ref_h[0], rtol=0, atol=1e-14)
+
+
+def test_rnn_refuses_empty_sequences() -> None:
+    # torch.stack([]) raised an obscure RuntimeError for T = 0
+    with pytest.raises(ValueError, match=r"x must hold at least one time step, got shape \(2, 0, 3\)"):
+        RNN(3, 4)(torch.zeros(2, 0, 3))

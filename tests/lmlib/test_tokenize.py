@@ -59,9 +59,9 @@ def test_char_tokenizer_bad_input(tmp_path) -> None:
     tok = CharTokenizer.from_text("abc")
     with pytest.raises(ValueError, match="'z' at position 1"):
         tok.encode("az")
-    with pytest.raises(TypeError, match="expects str"):
+    with pytest.raises(TypeError, match="text must be str, got bytes"):
         tok.encode(b"abc")
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"ids has ids outside \[0, 3\): \[3\]"):
         tok.decode([3])
     with pytest.raises(ValueError, match="duplicate"):
         CharTokenizer(["a", "a"])
@@ -114,7 +114,7 @@ def test_word_tokenizer_bad_input() -> None:
         WordTokenizer(["a"])
     with pytest.raises(ValueError, match="duplicate"):
         WordTokenizer(["<unk>", "a", "a"])
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"ids has ids outside \[0, 2\): \[5\]"):
         WordTokenizer.from_text("a").decode([5])
 
 
@@ -323,11 +323,11 @@ def test_bpe_bad_input(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"merge 0 must be"):
         BPETokenizer([(97, 98)])
     tok = BPETokenizer()
-    with pytest.raises(TypeError, match="expects str"):
+    with pytest.raises(TypeError, match="text must be str, got bytes"):
         tok.encode(b"bytes")
     with pytest.raises(ValueError, match="not valid Unicode"):
         tok.encode("lone \ud800 surrogate")
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"ids has ids outside \[0, 256\): \[256\]"):
         tok.decode([256])
     path = tmp_path / "char.json"
     CharTokenizer.from_text("ab").save(path)
@@ -339,7 +339,7 @@ def test_bpe_bad_input(tmp_path) -> None:
 
 
 def test_bridge_bad_input() -> None:
-    with pytest.raises(TypeError, match="bpe must be a BPETokenizer"):
+    with pytest.raises(TypeError, match="bpe must be BPETokenizer, got CharTokenizer"):
         to_hf_tokenizer(CharTokenizer.from_text("ab"))
     with pytest.raises(ValueError, match="vocab_size must be at least 256"):
         train_hf_bpe("abc", 100)
@@ -388,3 +388,15 @@ def test_bpe_training_never_merges_across_special_tokens() -> None:
     learned = {tok.vocab[new] for new in tok.merges.values()}
     assert learned == {b"ab"}  # "b<" or "|>" etc. would only come from the special token's text
     assert tok.encode("ab<|endoftext|>") == [256, tok.special_tokens["<|endoftext|>"]]
+
+
+@pytest.mark.parametrize("make", [lambda: CharTokenizer.from_text("abc"), lambda: WordTokenizer.from_text("a b c"),
+                                  lambda: BPETokenizer()])
+def test_decode_refuses_float_ids_instead_of_truncating(make) -> None:
+    # int(2.7) == 2 used to decode a float id silently as token 2
+    tok = make()
+    assert tok.decode([1, 2]) == tok.decode(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match=r"ids\[1\] must be an integer token id, got float 2.7"):
+        tok.decode([1, 2.7])
+    with pytest.raises(TypeError, match="ids must have an integer dtype.*torch.float32"):
+        tok.decode(torch.tensor([1.0, 2.0]))

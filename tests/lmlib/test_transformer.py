@@ -52,6 +52,16 @@ def test_layer_norm_rows_have_zero_mean_and_unit_variance(a) -> None:
     assert torch.allclose(y.pow(2).mean(-1)[keep], (var / (var + 1e-5))[keep], atol=1e-9)
 
 
+def test_layer_norm_output_dtype_is_the_inputs() -> None:
+    # float64 parameters must not promote a float32 input (the docstring's contract)
+    torch.manual_seed(0)
+    x = torch.randn(3, 8)
+    w, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    y = layer_norm(x, w, b)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.layer_norm(x, (8,), w.float(), b.float()), atol=1e-5, rtol=1e-5)
+
+
 def test_layer_norm_module_matches_nn_layernorm() -> None:
     torch.manual_seed(0)
     ours, ref = LayerNorm(16), nn.LayerNorm(16)
@@ -73,15 +83,15 @@ def test_layer_norm_bad_inputs() -> None:
         layer_norm(x, torch.ones(4), None)
     with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
         layer_norm(x, None, torch.ones(2, 8))
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="x must have a floating-point dtype, got torch.int64"):
         layer_norm(torch.ones(2, 8, dtype=torch.long), None, None)
     with pytest.raises(TypeError, match="torch.Tensor"):
         layer_norm([1.0, 2.0], None, None)
     with pytest.raises(ValueError, match="eps"):
         layer_norm(x, None, None, eps=0.0)
-    with pytest.raises(ValueError, match="0-d"):
+    with pytest.raises(ValueError, match=r"x needs at least 1 dimension.*got shape \(\)"):
         layer_norm(torch.tensor(1.0), None, None)
-    with pytest.raises(ValueError, match="d must be a positive integer"):
+    with pytest.raises(ValueError, match="d must be >= 1, got 0"):
         LayerNorm(0)
     with pytest.raises(ValueError, match="last dimension 8"):
         LayerNorm(8)(torch.randn(2, 4))
