@@ -1,6 +1,6 @@
 """Execute one notebook inside the grading sandbox and report cell by cell (instructor guide).
 
-Runs INSIDE the bubblewrap sandbox (see :mod:`lmlib.course.sandbox`), started by the grader
+Runs INSIDE the bubblewrap sandbox (see :mod:`lmcourse.sandbox`), started by the grader
 as ``python nbrunner.py CELL_TIMEOUT`` with the notebook (already rewritten by the trusted
 grader: test cells restored and nonces injected) on stdin. It starts an IPython kernel with
 nbclient and writes one JSON line per event to its stdout, a pipe only the trusted grader

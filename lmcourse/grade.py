@@ -1,4 +1,4 @@
-"""``python -m lmlib.course grade ASSIGNMENT SUBMISSIONS``: sandboxed autograding (instructor guide).
+"""``python -m lmcourse grade ASSIGNMENT SUBMISSIONS``: sandboxed autograding (instructor guide).
 
 The pipeline, per submission (each step contained: one bad submission never stops the batch):
 
@@ -13,16 +13,16 @@ The pipeline, per submission (each step contained: one bad submission never stop
    restored (and score 0), duplicated cells dropped, each ``check(...)`` call gets a fresh
    nonce, and the inputs of every check are drawn from an RNG seeded by a per-run secret
    (``$LMLIB_GRADING_SECRET`` or random) and the student id, then written to the scratch dir.
-3. **execute** inside a bubblewrap sandbox (:mod:`lmlib.course.sandbox`) with nbclient
-   (:mod:`lmlib.course.nbrunner`); lmlib there is a copy in which the graded reference modules
+3. **execute** inside a bubblewrap sandbox (:mod:`lmcourse.sandbox`) with nbclient
+   (:mod:`lmcourse.nbrunner`); lmlib there is a copy in which the graded reference modules
    raise ``ImportError`` and check modules keep only what ``Check.run`` needs.
 4. **score** (:func:`score_submission`) in the grader: for every test cell, every check's result
    with that cell's nonce must be present and ``compare`` OK against ``expected`` computed
    here; then the cell's points, else 0 with one message per failed check.
 5. **record** in nbgrader's gradebook (``--db-url``; SQLite under ``grading/`` by default):
    auto scores per grade cell; a grade with a manual score keeps it. Then the CSV, the summary
-   and its histogram (:mod:`lmlib.course.report`) and per-student feedback without hidden-test
-   source (:mod:`lmlib.course.feedback`).
+   and its histogram (:mod:`lmcourse.report`) and per-student feedback without hidden-test
+   source (:mod:`lmcourse.feedback`).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _nbmeta(cell: dict) -> dict | None:
 def load_spec(assignment: str, source: Path) -> AssignmentSpec:
     """Parse the instructor's notebook: test cells (points, check ids), answers, locked cells."""
     from lmlib.grading import get_check
-    from lmlib.grading.notebook import check_ids, nbgrader_cells
+    from lmcourse.notebook import check_ids, nbgrader_cells
 
     if not source.is_file():
         raise FileNotFoundError(f"source notebook {source} does not exist (expected solutions/{assignment}/{assignment}.ipynb)")
@@ -375,7 +375,7 @@ def rebuild_notebook(student_nb: dict, spec: AssignmentSpec) -> Rebuilt:
     """The notebook that will run: the student's cells in their order, with every locked /
     test cell replaced by the instructor's version (nonces injected), duplicates dropped,
     deleted cells restored at their place, cell types repaired. Never raises on odd input."""
-    from lmlib.grading.notebook import inject_nonces
+    from lmcourse.notebook import inject_nonces
 
     notes: list[tuple[str, str]] = []
     zeroed: dict[str, str] = {}
@@ -645,7 +645,7 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
             if cid not in inputs:
                 inputs[cid] = generate_inputs(cid, secret=secret)
                 write_inputs(io_dir, cid, inputs[cid])
-    runner = "/opt/lmlib/lmlib/course/nbrunner.py"
+    runner = "/opt/lmlib/lmcourse/nbrunner.py"
     binds = [(str(cfg.lmlib_stage), "/opt/lmlib")]
     env = {"PYTHONPATH": "/opt/lmlib", "LMLIB_GRADING_IO": "/io", "PYTHONDONTWRITEBYTECODE": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -898,12 +898,12 @@ def _default_db(out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m lmlib.course grade ASSIGNMENT SUBMISSIONS [options]``.
+    """Command line: ``python -m lmcourse grade ASSIGNMENT SUBMISSIONS [options]``.
 
     Returns 0 when the batch was graded (whatever the submissions did), 2 when grading could
     not start (no sandbox, no source notebook, bad arguments).
     """
-    p = argparse.ArgumentParser(prog="python -m lmlib.course grade",
+    p = argparse.ArgumentParser(prog="python -m lmcourse grade",
                                 description="Autograde a batch of submissions in sandboxes.")
     p.add_argument("assignment", help="assignment id, e.g. 01-lm")
     p.add_argument("submissions", type=Path, help="folder of per-student folders or of LMS zip files")

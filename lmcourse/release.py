@@ -12,8 +12,8 @@ Finally one zip per assignment is written to ``_build/release/<id>.zip`` for an 
 The release does not touch the course gradebook (nbgrader records the cells in a throwaway
 one): the grading command registers the assignment itself.
 
-    python -m lmlib.course release             # every assignment in solutions/
-    python -m lmlib.course release 01-lm       # just one
+    python -m lmcourse release             # every assignment in solutions/
+    python -m lmcourse release 01-lm       # just one
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _write_nb(nb: nbformat.NotebookNode, path: Path) -> None:
 def ensure_venv_on_path() -> None:
     """Put the running interpreter's ``bin/`` first on ``PATH``: nbgrader runs the ``alembic``
     executable by name when it creates a gradebook, which fails when the virtual environment
-    is used without being activated (``.venv/bin/python -m lmlib.course ...``)."""
+    is used without being activated (``.venv/bin/python -m lmcourse ...``)."""
     bindir = str(Path(sys.executable).parent)
     parts = os.environ.get("PATH", "").split(os.pathsep)
     if bindir not in parts:
@@ -213,10 +213,10 @@ def release(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lmlib.course release [ASSIGNMENT ...]``"""
+    """``python -m lmcourse release [ASSIGNMENT ...]``"""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lmlib.course release", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lmcourse release", description=__doc__.split("\n\n")[0])
     parser.add_argument("assignments", nargs="*", help="assignment ids (default: every directory in solutions/)")
     parser.add_argument("--out", default=None, help="output directory (default: exercises/)")
     args = parser.parse_args(argv)
