@@ -3,6 +3,7 @@
     python -m lmcourse release [ASSIGNMENT ...]        regenerate exercises/ and the LMS zips
     python -m lmcourse grade ASSIGNMENT SUBMISSIONS ... grade a batch (see the instructor guide)
 
+Both take --root ROOT, the course root holding solutions/ (default: the current folder).
 Each subcommand's own options: ``python -m lmcourse <command> --help``.
 """
 
