@@ -220,7 +220,8 @@ def _config(args: argparse.Namespace, spec: AssignmentSpec, source: Path, out: P
     data_dir = Path(os.environ["LMLIB_CACHE"]) if os.environ.get("LMLIB_CACHE") else None
     limits = Limits(memory_mb=(args.memory_mb or None) if not devices else None, nproc=args.nproc,
                     wall_s=args.timeout, cpu_s=int(max(args.timeout, 60)))
-    return GradeConfig(assignment=a, source=source, out=out, db_url=args.db_url or f"sqlite:///{(out / 'gradebook.db').resolve()}",
+    db_url = args.db_url or f"sqlite:///{(out / 'gradebook.db').resolve()}"
+    return GradeConfig(assignment=a, source=source, out=out, db_url=db_url,
                        secret=os.environ.get("LMLIB_GRADING_SECRET") or secrets.token_hex(16),
                        cell_timeout=args.cell_timeout, limits=limits, lmlib_stage=stage.resolve(),
                        data_dir=data_dir, keep_scratch=args.keep_scratch, devices=devices)

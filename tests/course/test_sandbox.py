@@ -17,8 +17,8 @@ import pytest
 
 import lmlib
 from lmcourse import nbrunner, sandbox
-from lmcourse.stage import stage_lmlib
 from lmcourse.sandbox import Limits, SandboxUnavailable, check_bwrap, run_sandboxed
+from lmcourse.stage import stage_lmlib
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap sandbox is Linux-only")
 
