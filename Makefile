@@ -26,7 +26,8 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # every Jupyter kernel (book build, nbval, nbgrader, JupyterLab) listens on private Unix-domain
-# sockets, not TCP ports on localhost that another process can take first (lmlib/course/kernels.py)
+# sockets, not TCP ports on localhost that another process can take first: the provisioner is
+# lmcourse.kernels:IPCProvisioner, registered under this name in pyproject.toml (lmcourse/kernels.py)
 export JUPYTER_DEFAULT_PROVISIONER_NAME := lmlib-ipc-provisioner
 # nbgrader runs `alembic` and nbval/nbclient start `python -m ipykernel` by name: use the venv's
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -85,10 +86,10 @@ lab: setup
 	$(VENV)/bin/jupyter lab exercises/
 
 release: setup
-	$(PY) -m lmlib.course release
+	$(PY) -m lmcourse release --root $(CURDIR)
 
 grade: setup system-deps
-	$(PY) -m lmlib.course grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m lmcourse grade $(ASSIGNMENT) $(SUBMISSIONS) --root $(CURDIR) $(if $(WORKERS),--workers $(WORKERS))
 
 clean:
 	rm -rf _build .pytest_cache

@@ -2,11 +2,11 @@
 
 Every Jupyter kernel started in a test run listens on private Unix-domain sockets instead of
 TCP ports on localhost, which another process can take between the moment a port is chosen and
-the moment the kernel binds it (see :mod:`lmlib.course.kernels`). ``make`` exports the same.
+the moment the kernel binds it (see :mod:`lmcourse.kernels`). ``make`` exports the same.
 """
 
 import os
 
-from lmlib.course.kernels import ENTRY_POINT
+from lmcourse.kernels import ENTRY_POINT
 
 os.environ.setdefault("JUPYTER_DEFAULT_PROVISIONER_NAME", ENTRY_POINT)

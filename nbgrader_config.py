@@ -1,7 +1,7 @@
 """nbgrader configuration of the course (read by every ``nbgrader`` command run from the repo root).
 
 The course directory is the repository root: instructor notebooks (solutions and hidden tests)
-live in ``solutions/<id>/<id>.ipynb``, ``python -m lmlib.course release`` (``make release``)
+live in ``solutions/<id>/<id>.ipynb``, ``python -m lmcourse release`` (``make release``)
 generates the student versions into ``exercises/<id>/``; everything produced while grading
 (submissions, autograded copies, feedback, the gradebook) lives under ``grading/``, which is
 not tracked by git. For a large course use PostgreSQL instead of SQLite, e.g.

@@ -1,4 +1,4 @@
-"""Grading speed: plain ``nbgrader autograde`` vs the sandboxed ``python -m lmlib.course grade``.
+"""Grading speed: plain ``nbgrader autograde`` vs the sandboxed ``python -m lmcourse grade``.
 
     .venv/bin/python benchmarks/grading.py [--n 8] [--assignment 01-lm] [--db-url URL]
 
@@ -77,8 +77,8 @@ def bench_ours(assignment: str, n: int, tmp: Path, workers: int, db_url: str | N
         d.mkdir(parents=True)
         shutil.copy(REPO / "solutions" / assignment / f"{assignment}.ipynb", d)
     out = tmp / f"ours-{workers}"
-    cmd = [sys.executable, "-m", "lmlib.course", "grade", assignment, str(subs), "--out", str(out),
-           "--workers", str(workers), "--no-feedback"]
+    cmd = [sys.executable, "-m", "lmcourse", "grade", assignment, str(subs), "--root", str(REPO),
+           "--out", str(out), "--workers", str(workers), "--no-feedback"]
     if db_url:
         cmd += ["--db-url", db_url]
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def bench_ours(assignment: str, n: int, tmp: Path, workers: int, db_url: str | N
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
-        raise SystemExit("lmlib.course grade failed")
+        raise SystemExit("lmcourse grade failed")
     times = [float(m) for m in re.findall(r"^\s+s\d+: [\d.]+/[\d.]+\s+\(([\d.]+) s\)", proc.stdout, re.M)]
     full = re.findall(r"^\s+s\d+: ([\d.]+)/([\d.]+)", proc.stdout, re.M)
     if len(times) != n or any(a != b for a, b in full):
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(("plain nbgrader autograde (1 process)", nb_times, nb_wall))
         for w in (1, 2):
             t, wall = bench_ours(args.assignment, args.n, tmp, w, args.db_url)
-            rows.append((f"lmlib.course grade, {w} worker{'s' if w > 1 else ''}", t, wall))
+            rows.append((f"lmcourse grade, {w} worker{'s' if w > 1 else ''}", t, wall))
     base_med, base_wall = statistics.median(rows[0][1]), rows[0][2]
     print(f"\nGrading {args.n} submissions of {args.assignment} on {os.cpu_count()} CPU cores "
           f"(load average {os.getloadavg()[0]:.1f})\n")

@@ -26,9 +26,13 @@ module              what it implements                                          
 ``preference``      Bradley-Terry reward loss, DPO, sequence log-probs          10.3
 ``rl``              GRPO: group advantages, PPO clipping, k3 KL, rollout        10.4
 ``device``          pick CUDA / MPS / CPU                                       1
-``grading``         the checks behind the graded exercises                      guides
-``course``          instructor tooling: release, sandboxed grading, reports     guides
+``grading``         the checks behind the graded exercises (student kernel)     guides
 ==================  ==========================================================  =======
+
+The instructor tooling (release, sandboxed grading, feedback, reports, the kernel provisioner)
+is not part of lmlib: it is the sibling package beside it in the course repository
+(CONTRIBUTING.md, "Layout"), which imports lmlib; lmlib never imports it, so the grading
+sandbox's copy of lmlib carries no grader code.
 """
 
 __version__ = "0.1.0"

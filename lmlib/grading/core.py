@@ -21,7 +21,8 @@ Each check id (``"<assignment>/<part>"``) is implemented once, by a :class:`Chec
 submission's scratch dir): ``check`` reads inputs from ``<io>/inputs/<safe_id>.json``, runs
 the answer, writes ``<io>/results/<safe_id>.<nonce>.json`` and never computes expected values.
 
-Final API (stable; the pipeline in ``lmlib.course`` relies on it)::
+Final API (stable; the instructor's grading pipeline, a sibling package that lmlib never
+imports, relies on it)::
 
     PlainData, to_plain(x), dump_plain(obj, dir, stem) -> Path, load_plain(path)   # plain.py
     class Check: id, reference, hint, tol; make_inputs(rng), run(answer, inputs),

@@ -1,4 +1,4 @@
-"""The instructor's grading workflow end to end: ``python -m lmlib.course grade`` for real on a
+"""The instructor's grading workflow end to end: ``python -m lmcourse grade`` for real on a
 batch of generated submissions (issue 4's list plus LMS zips and odd layouts), the exported
 CSV, summary, histogram and feedback, the gradebook (manual grades survive a re-run,
 re-grading is idempotent), originals untouched; and every solution notebook present in
@@ -109,7 +109,7 @@ def run_grade(assignment: str, subs: Path, out: Path, *extra: str, timeout: int 
     env = dict(os.environ)
     env.setdefault("LMLIB_CACHE", str(REPO / ".cache" / "lmlib"))
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    proc = subprocess.run([sys.executable, "-m", "lmlib.course", "grade", assignment, str(subs),
+    proc = subprocess.run([sys.executable, "-m", "lmcourse", "grade", assignment, str(subs),
                            "--out", str(out), *GRADE_FLAGS, *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -319,8 +319,9 @@ def _discover() -> list[str]:
 
 
 def _grade_pair(job):
-    from lmlib.course.grade import GradeConfig, Submission, grade_submission, load_spec
-    from lmlib.course.sandbox import Limits
+    from lmcourse.grade import grade_submission
+    from lmcourse.model import GradeConfig, Submission, load_spec
+    from lmcourse.sandbox import Limits
 
     assignment, path, stage, out, student = job
     spec = load_spec(assignment, REPO / "solutions" / assignment / f"{assignment}.ipynb")
@@ -336,7 +337,8 @@ def _grade_pair(job):
 def test_every_solution_scores_full_marks_and_every_blank_scores_zero(tmp_path):
     """One batch over all assignments present (2 worker processes): the solution notebook gets
     every point, the student version none, in the sandbox with secret inputs."""
-    from lmlib.course.grade import load_spec, stage_lmlib
+    from lmcourse.model import load_spec
+    from lmcourse.stage import stage_lmlib
 
     assignments = _discover()
     assert A in assignments
@@ -430,7 +432,7 @@ def test_postgres_gradebook_with_parallel_workers(tmp_path, postgres_url):
 
 
 def test_collect_handles_lms_layouts_and_junk(tmp_path):
-    from lmlib.course.grade import collect_submissions
+    from lmcourse.collect import collect_submissions
 
     sol = json.dumps(load_nb(SOURCE))
     subs = tmp_path / "subs"
@@ -459,7 +461,7 @@ def test_collect_handles_lms_layouts_and_junk(tmp_path):
 
 
 def test_read_notebook_rejects_with_reasons(tmp_path):
-    from lmlib.course.grade import NotebookRejected, read_notebook
+    from lmcourse.collect import NotebookRejected, read_notebook
 
     cases = {
         "v3.ipynb": (json.dumps({"cells": [], "nbformat": 3}).encode(), "nbformat 3, expected 4"),
@@ -476,7 +478,8 @@ def test_read_notebook_rejects_with_reasons(tmp_path):
 
 
 def test_rebuild_survives_garbage_cells():
-    from lmlib.course.grade import load_spec, rebuild_notebook
+    from lmcourse.model import load_spec
+    from lmcourse.rebuild import rebuild_notebook
 
     spec = load_spec(A, SOURCE)
     weird = {"cells": [{"cell_type": "code", "metadata": [1], "source": [1, "x"]}, "not a cell",
@@ -492,7 +495,7 @@ def test_rebuild_survives_garbage_cells():
 
 
 def test_grade_command_bad_arguments(tmp_path, capsys):
-    from lmlib.course.grade import main
+    from lmcourse.grade import main
 
     (tmp_path / "subs").mkdir()
     assert main(["99-nothing", str(tmp_path / "subs"), "--out", str(tmp_path / "o")]) == 2

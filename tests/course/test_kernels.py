@@ -1,4 +1,4 @@
-"""Kernels of the course run on private Unix-domain sockets (lmlib.course.kernels).
+"""Kernels of the course run on private Unix-domain sockets (lmcourse.kernels).
 
 Each scenario runs in a fresh interpreter, because jupyter_client's provisioner factory is a
 process-wide singleton that reads JUPYTER_DEFAULT_PROVISIONER_NAME once.
@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 
-from lmlib.course.kernels import ENTRY_POINT
+from lmcourse.kernels import ENTRY_POINT
 
 START_AND_PROBE = """
 import json, os, stat, sys
@@ -81,8 +81,8 @@ def test_this_test_session_selects_the_ipc_provisioner():
     from importlib.metadata import entry_points
 
     names = {ep.name: ep.value for ep in entry_points(group="jupyter_client.kernel_provisioners")}
-    assert names.get(ENTRY_POINT) == "lmlib.course.kernels:IPCProvisioner", (
-        "lmlib is not installed with its entry points: run `make setup`")
+    assert names.get(ENTRY_POINT) == "lmcourse.kernels:IPCProvisioner", (
+        "lmlib and lmcourse are not installed with their entry points: run `make setup`")
 
 
 def test_nbclient_executes_a_notebook_on_unix_sockets(tmp_path):

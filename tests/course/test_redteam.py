@@ -1,5 +1,5 @@
 """Red team: malicious and broken submissions of 01-lm, graded in ONE batch by the real
-``python -m lmlib.course grade`` pipeline; every score (per part) and message is asserted, and
+``python -m lmcourse grade`` pipeline; every score (per part) and message is asserted, and
 the host is checked afterwards (no surviving process, nothing written outside the scratch dir).
 
 Each attacker starts from the correct solution and adds one attack, so a part that scores 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lmlib.course.release import (
+from lmcourse.release import (
     discover_assignments,
     generate,
     main as release_main,
@@ -26,8 +26,8 @@ from lmlib.course.release import (
     write_zip,
 )
 from lmlib.grading import registered_checks
-from lmlib.grading.notebook import check_ids, nbgrader_cells
-from lmlib.grading.notebook import test_cells as nb_test_cells
+from lmcourse.notebook import check_ids, nbgrader_cells
+from lmcourse.notebook import test_cells as nb_test_cells
 
 REPO = Path(__file__).resolve().parents[2]
 ASSIGNMENTS = discover_assignments(REPO)
@@ -127,7 +127,7 @@ def test_a_drifted_exercise_is_detected(tmp_path, regenerated):
 
 
 def test_course_cli_dispatch(capsys):
-    from lmlib.course.cli import main as cli_main
+    from lmcourse.cli import main as cli_main
 
     assert cli_main([]) == 2 and "release" in capsys.readouterr().out
     assert cli_main(["--help"]) == 0 and "grade ASSIGNMENT" in capsys.readouterr().out
@@ -180,7 +180,7 @@ def test_solution_passes_validation(aid):
     out = _validate(_solution(aid))
     assert "Success! Your notebook passes all the tests." in out, out[-3000:]
     assert "VALIDATION FAILED" not in out and "Traceback" not in out, out[-3000:]
-    # the kernel ran on private Unix sockets (conftest.py, lmlib.course.kernels), not TCP ports
+    # the kernel ran on private Unix sockets (conftest.py, lmcourse.kernels), not TCP ports
     assert "running over TCP" not in out, out[-3000:]
 
 

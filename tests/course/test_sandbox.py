@@ -1,4 +1,4 @@
-"""The grading sandbox (lmlib.course.sandbox): isolation and limits, each shown by doing the
+"""The grading sandbox (lmcourse.sandbox): isolation and limits, each shown by doing the
 forbidden thing from inside and checking it failed (and, where it matters, checking the host).
 
 Needs Debian's bubblewrap (``make system-deps`` installs it)."""
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import lmlib
-from lmlib.course import sandbox
-from lmlib.course.grade import stage_lmlib
-from lmlib.course.sandbox import Limits, SandboxUnavailable, check_bwrap, run_sandboxed
+from lmcourse import nbrunner, sandbox
+from lmcourse.sandbox import Limits, SandboxUnavailable, check_bwrap, run_sandboxed
+from lmcourse.stage import stage_lmlib
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap sandbox is Linux-only")
 
@@ -70,7 +70,7 @@ def test_broken_bwrap_fails_loudly(monkeypatch, tmp_path):
     try:
         with pytest.raises(SandboxUnavailable, match="cannot create a sandbox.*No permissions"):
             check_bwrap()
-        from lmlib.course.grade import main
+        from lmcourse.grade import main
 
         subs = tmp_path / "subs"
         subs.mkdir()
@@ -328,7 +328,7 @@ def test_runner_keeps_results_of_cells_before_a_dead_kernel(tmp_path):
 
     scratch = tmp_path / "io"
     scratch.mkdir()
-    runner = Path(lmlib.__file__).resolve().parent / "course" / "nbrunner.py"
+    runner = Path(nbrunner.__file__).resolve()
     nb = new_notebook(cells=[new_code_cell("import sys; print('a'); print('warn', file=sys.stderr)"),
                              new_code_cell("open('/io/mark', 'w').write('1')"),
                              new_code_cell("import os; os._exit(0)"),
@@ -347,7 +347,7 @@ def test_runner_keeps_results_of_cells_before_a_dead_kernel(tmp_path):
 
 
 def test_course_data_readable_but_trained_checkpoints_hidden(box, tmp_path):
-    from lmlib.course.grade import data_binds
+    from lmcourse.stage import data_binds
 
     cache = tmp_path / "cache"
     (cache / "dataset").mkdir(parents=True)

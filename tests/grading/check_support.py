@@ -132,7 +132,7 @@ def assert_solution_scores_every_check_with_the_sandbox_lmlib(aid: str, tmp_path
     the solution's answers produce results that the trusted side accepts."""
     if not (ROOT / "solutions" / aid).is_dir():
         pytest.skip(f"{aid}: no solution notebook yet")
-    from lmlib.course.grade import stage_lmlib
+    from lmcourse.stage import stage_lmlib
     from lmlib.grading import reference_modules
 
     staged = stage_lmlib(tmp_path / "site", aid, reference_modules(aid))

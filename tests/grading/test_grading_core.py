@@ -36,7 +36,7 @@ from lmlib.grading import (
     write_inputs,
 )
 from lmlib.grading import plain as plain_mod
-from lmlib.grading.notebook import check_ids, inject_nonces, nbgrader_cells, test_cells
+from lmcourse.notebook import check_ids, inject_nonces, nbgrader_cells, test_cells
 
 REPO = Path(__file__).resolve().parents[2]
 

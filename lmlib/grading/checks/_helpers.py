@@ -10,7 +10,7 @@ Two kinds of helper live here, and the split matters for grading:
   :func:`close_all` and :func:`same`, whose messages say where and by how much answers differ.
 
 While grading, the sandbox's copy of every check module keeps only the functions that its
-module-level statements and ``run`` methods reach (``lmlib.course.grade``); the trusted
+module-level statements and ``run`` methods reach (the instructor side's staging); the trusted
 helpers are stubs there, and :data:`STUDENT_SIDE` keeps the student-side ones. Nothing here
 imports a reference implementation (``lmlib.attention``, ``lmlib.optim``, ...).
 

@@ -12,7 +12,8 @@ reach them (TCP kernel ports are open to every local user, which is what ipykern
 
 How: :class:`IPCProvisioner` is a kernel provisioner (the jupyter_client ≥ 7 mechanism for
 how a kernel is launched), registered under the entry point ``lmlib-ipc-provisioner`` in
-``pyproject.toml``. The course's ``Makefile`` (and the root ``conftest.py``) set
+``pyproject.toml`` (the name predates the lmcourse package and stays, so existing environments
+and Makefiles keep working). The course's ``Makefile`` (and the root ``conftest.py``) set
 ``JUPYTER_DEFAULT_PROVISIONER_NAME=lmlib-ipc-provisioner``, so every kernel that nbclient,
 nbval, nbgrader, Jupyter Book or JupyterLab starts through jupyter_client uses it. It behaves
 exactly like jupyter_client's ``LocalProvisioner`` except that, before the connection file is

@@ -42,16 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = [
-    "Limits",
-    "SandboxResult",
-    "SandboxUnavailable",
-    "check_bwrap",
-    "run_sandboxed",
-    "python_binds",
-    "gpu_devices",
-    "SANDBOX_UID",
-]
+__all__ = ["Limits", "SandboxResult", "SandboxUnavailable", "check_bwrap", "run_sandboxed",
+           "build_argv", "python_binds", "SANDBOX_UID"]
 
 #: First uid used for sandboxed payloads when the grader runs as root (no passwd entry needed).
 SANDBOX_UID = 61000
@@ -270,7 +262,7 @@ def build_argv(
 ) -> list[str]:
     """The full ``bwrap ...`` command line for ``payload`` (exposed for tests and docs).
 
-    ``dev_binds``: device nodes made available inside (e.g. :func:`gpu_devices`);
+    ``dev_binds``: device nodes made available inside (e.g. ``lmcourse.stage.gpu_devices()``);
     ``extra``: further bwrap arguments placed after the binds (``--dir``, ``--symlink``...)."""
     bwrap = check_bwrap()
     uid = _sandbox_uid() if uid is None else uid
@@ -302,13 +294,6 @@ def build_argv(
                  "--inh-caps=-all", "--no-new-privs", "--"]
     argv += list(payload)
     return argv
-
-
-def gpu_devices() -> list[str]:
-    """The NVIDIA device nodes of this machine (empty without a GPU driver)."""
-    import glob
-
-    return sorted(p for p in glob.glob("/dev/nvidia*") if not os.path.isdir(p))
 
 
 def _limits_preexec(limits: Limits, nproc: int) -> Callable[[], None]:
@@ -379,7 +364,7 @@ def run_sandboxed(
         limits: see :class:`Limits`.
         stdin_data: bytes fed to the payload's stdin (then closed).
         on_stdout_line: called with every stdout line as it arrives (grader thread).
-        dev_binds: device nodes to expose (``gpu_devices()`` for CUDA; then use
+        dev_binds: device nodes to expose (``lmcourse.stage.gpu_devices()`` for CUDA; then use
             ``Limits(memory_mb=None)``: CUDA reserves far more address space than it uses).
 
     Returns:
@@ -394,65 +379,90 @@ def run_sandboxed(
         raise ValueError(f"scratch must be an existing folder; got {str(scratch)!r}")
     staging.mkdir(parents=True, exist_ok=True)
     uid = _sandbox_uid()
-    if _is_root():
-        for root, dirs, files in os.walk(scratch):
-            for name in [*dirs, *files]:
-                os.lchown(os.path.join(root, name), uid, uid)
-        os.chown(scratch, uid, uid)
-        nproc = limits.nproc
-    else:
-        nproc = limits.nproc + _user_process_count()
+    nproc = _prepare_scratch(scratch, uid, limits)
     argv = build_argv(payload, scratch=scratch, staging=staging, ro_binds=ro_binds,
                       limits=limits, cwd=cwd, uid=uid, dev_binds=dev_binds, extra=extra)
     base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                 "HOME": "/tmp/home", "TMPDIR": "/tmp"}
     base_env.update(env or {})
-    cap = limits.output_mb * _MiB
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=base_env, close_fds=True,
                             preexec_fn=_limits_preexec(limits, nproc))
-    out_chunks: list[bytes] = []
-    err_chunks: list[bytes] = []
-    state = {"out": 0, "err": 0, "truncated": False}
+    pumps = _Pumps(proc, limits.output_mb * _MiB, on_stdout_line)
+    threads = pumps.start(stdin_data)
+    killed = _watch(proc, scratch, limits, start)
+    proc.wait()
+    for t in threads:
+        t.join(timeout=10)
+    return SandboxResult(returncode=proc.returncode, killed=killed, stdout=b"".join(pumps.chunks["out"]),
+                         stderr=b"".join(pumps.chunks["err"]), truncated=pumps.truncated,
+                         wall_s=time.monotonic() - start, argv=argv)
 
-    def pump_stdout() -> None:
-        assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):
-            if state["out"] + len(line) > cap:
-                state["truncated"] = True
-                continue
-            state["out"] += len(line)
-            out_chunks.append(line)
-            if on_stdout_line is not None:
+
+def _prepare_scratch(scratch: Path, uid: int, limits: Limits) -> int:
+    """Hand ``scratch`` to the sandbox uid when the grader is root; the RLIMIT_NPROC to set
+    (unprivileged, the limit also counts this user's processes outside the sandbox)."""
+    if _is_root():
+        for root, dirs, files in os.walk(scratch):
+            for name in [*dirs, *files]:
+                os.lchown(os.path.join(root, name), uid, uid)
+        os.chown(scratch, uid, uid)
+        return limits.nproc
+    return limits.nproc + _user_process_count()
+
+
+class _Pumps:
+    """Threads that feed the payload's stdin and capture its stdout / stderr up to ``cap``
+    bytes each (more is discarded and flagged as truncated)."""
+
+    def __init__(self, proc: subprocess.Popen, cap: int, on_stdout_line: Callable[[bytes], None] | None) -> None:
+        self.proc, self.cap, self.on_stdout_line = proc, cap, on_stdout_line
+        self.chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+        self.size = {"out": 0, "err": 0}
+        self.truncated = False
+
+    def start(self, stdin_data: bytes) -> list[threading.Thread]:
+        targets = (self._stdout, self._stderr, lambda: self._stdin(stdin_data))
+        threads = [threading.Thread(target=f, daemon=True) for f in targets]
+        for t in threads:
+            t.start()
+        return threads
+
+    def _keep(self, stream: str, data: bytes) -> bool:
+        if self.size[stream] + len(data) > self.cap:
+            self.truncated = True
+            return False
+        self.size[stream] += len(data)
+        self.chunks[stream].append(data)
+        return True
+
+    def _stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            if self._keep("out", line) and self.on_stdout_line is not None:
                 try:
-                    on_stdout_line(line)
+                    self.on_stdout_line(line)
                 except Exception:  # a bad line must not kill the pump
                     pass
 
-    def pump_stderr() -> None:
-        assert proc.stderr is not None
-        while True:
-            chunk = proc.stderr.read(65536)
-            if not chunk:
-                break
-            if state["err"] + len(chunk) > cap:
-                state["truncated"] = True
-                continue
-            state["err"] += len(chunk)
-            err_chunks.append(chunk)
+    def _stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read(65536), b""):
+            self._keep("err", chunk)
 
-    def feed_stdin() -> None:
-        assert proc.stdin is not None
+    def _stdin(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
         try:
-            proc.stdin.write(stdin_data)
-            proc.stdin.close()
+            self.proc.stdin.write(data)
+            self.proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (pump_stdout, pump_stderr, feed_stdin)]
-    for t in threads:
-        t.start()
+
+def _watch(proc: subprocess.Popen, scratch: Path, limits: Limits, start: float) -> str | None:
+    """Wait for ``proc``; kill the sandbox past the wall clock or the scratch size. Returns why
+    it was killed ("timeout", "scratch") or None."""
     killed: str | None = None
     scratch_cap = limits.scratch_mb * _MiB
     next_du = 0.0
@@ -472,12 +482,7 @@ def run_sandboxed(
         if killed:
             _kill(proc)
             break
-    proc.wait()
-    for t in threads:
-        t.join(timeout=10)
-    return SandboxResult(returncode=proc.returncode, killed=killed, stdout=b"".join(out_chunks),
-                         stderr=b"".join(err_chunks), truncated=bool(state["truncated"]),
-                         wall_s=time.monotonic() - start, argv=argv)
+    return killed
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -1,6 +1,6 @@
 """Grade exports of a grading run: CSV, text summary, per-part histogram (instructor guide).
 
-Written by ``python -m lmlib.course grade`` into its output folder (default ``grading/``):
+Written by ``python -m lmcourse grade`` into its output folder (default ``grading/``):
 
 * ``<assignment>-grades.csv``: one row per student: ``student, assignment, score, max_score``
   then one column per graded part (its grade_id), scores as recorded in the gradebook (a manual

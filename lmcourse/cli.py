@@ -1,9 +1,10 @@
-"""Command line of the course tooling: ``python -m lmlib.course`` (also installed as ``lmcourse``).
+"""Command line of the course tooling: ``python -m lmcourse`` (also installed as ``lmcourse``).
 
-    python -m lmlib.course release [ASSIGNMENT ...]        regenerate exercises/ and the LMS zips
-    python -m lmlib.course grade ASSIGNMENT SUBMISSIONS ... grade a batch (see the instructor guide)
+    python -m lmcourse release [ASSIGNMENT ...]        regenerate exercises/ and the LMS zips
+    python -m lmcourse grade ASSIGNMENT SUBMISSIONS ... grade a batch (see the instructor guide)
 
-Each subcommand's own options: ``python -m lmlib.course <command> --help``.
+Both take --root ROOT, the course root holding solutions/ (default: the current folder).
+Each subcommand's own options: ``python -m lmcourse <command> --help``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ USAGE = __doc__.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to ``lmlib.course.release.main`` or ``lmlib.course.grade.main`` (imported
+    """Dispatch to ``lmcourse.release.main`` or ``lmcourse.grade.main`` (imported
     lazily, so ``release`` works without the grading pipeline's dependencies)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):

@@ -6,14 +6,18 @@ course's ``nbgrader_config.py``: answer cells become the stub ``# YOUR CODE HERE
 ``raise NotImplementedError()``, hidden tests are removed, graded cells are locked and
 checksummed. The result is then normalised so that it is **deterministic** (no outputs or
 execution counts, no interpreter-version metadata, stable cell ids, fixed JSON layout): the
-same solutions always give byte-identical exercises, which ``tests/test_release.py`` checks.
+same solutions always give byte-identical exercises, which ``tests/course/test_release.py`` checks.
 Finally one zip per assignment is written to ``_build/release/<id>.zip`` for an LMS.
 
 The release does not touch the course gradebook (nbgrader records the cells in a throwaway
 one): the grading command registers the assignment itself.
 
-    python -m lmlib.course release             # every assignment in solutions/
-    python -m lmlib.course release 01-lm       # just one
+    python -m lmcourse release             # every assignment in solutions/
+    python -m lmcourse release 01-lm       # just one
+    python -m lmcourse release --root DIR  # a course elsewhere (default: the current folder)
+
+The course root (the folder holding ``solutions/`` and ``nbgrader_config.py``) is always an
+argument, never derived from where this package is installed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from pathlib import Path
 import nbformat
 
 __all__ = [
-    "REPO_ROOT",
     "ASSIGNMENT_ID",
     "discover_assignments",
     "generate",
@@ -43,7 +46,6 @@ __all__ = [
     "main",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: assignment directory names: "01-lm", "06-rnn-embeddings", ...
 ASSIGNMENT_ID = re.compile(r"^\d\d-[a-z0-9]+(?:-[a-z0-9]+)*$")
 #: zip entries get this timestamp so zips are reproducible
@@ -52,9 +54,9 @@ _VOLATILE_NB_METADATA = ("language_info", "widgets", "toc", "vscode", "celltoolb
 _VOLATILE_CELL_METADATA = ("execution", "collapsed", "scrolled", "jupyter", "ExecuteTime", "trusted", "tags_volatile")
 
 
-def discover_assignments(root: str | os.PathLike = REPO_ROOT) -> list[str]:
+def discover_assignments(root: str | os.PathLike = ".") -> list[str]:
     """Assignment ids found in ``<root>/solutions`` (directories named like ``01-lm`` that
-    contain ``<id>.ipynb``), sorted."""
+    contain ``<id>.ipynb``), sorted. ``root`` defaults to the current folder."""
     src = Path(root) / "solutions"
     if not src.is_dir():
         return []
@@ -99,7 +101,7 @@ def _write_nb(nb: nbformat.NotebookNode, path: Path) -> None:
 def ensure_venv_on_path() -> None:
     """Put the running interpreter's ``bin/`` first on ``PATH``: nbgrader runs the ``alembic``
     executable by name when it creates a gradebook, which fails when the virtual environment
-    is used without being activated (``.venv/bin/python -m lmlib.course ...``)."""
+    is used without being activated (``.venv/bin/python -m lmcourse ...``)."""
     bindir = str(Path(sys.executable).parent)
     parts = os.environ.get("PATH", "").split(os.pathsep)
     if bindir not in parts:
@@ -127,7 +129,7 @@ def _load_config(root: Path):
     return cfg
 
 
-def generate(assignment: str, out_dir: str | os.PathLike, *, root: str | os.PathLike = REPO_ROOT) -> Path:
+def generate(assignment: str, out_dir: str | os.PathLike, *, root: str | os.PathLike = ".") -> Path:
     """Generate the student version of ``assignment`` into ``<out_dir>/<assignment>/`` with
     nbgrader's ``GenerateAssignment`` and normalise every notebook. Returns that directory.
 
@@ -191,7 +193,7 @@ def write_zip(assignment_dir: str | os.PathLike, zip_path: str | os.PathLike) ->
 def release(
     assignments: Sequence[str] | None = None,
     *,
-    root: str | os.PathLike = REPO_ROOT,
+    root: str | os.PathLike = ".",
     out_dir: str | os.PathLike | None = None,
     zip_dir: str | os.PathLike | None = None,
 ) -> list[Path]:
@@ -213,16 +215,18 @@ def release(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lmlib.course release [ASSIGNMENT ...]``"""
+    """``python -m lmcourse release [ASSIGNMENT ...]``"""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lmlib.course release", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lmcourse release", description=__doc__.split("\n\n")[0])
     parser.add_argument("assignments", nargs="*", help="assignment ids (default: every directory in solutions/)")
-    parser.add_argument("--out", default=None, help="output directory (default: exercises/)")
+    parser.add_argument("--root", default=".",
+                        help="the course root, holding solutions/ and nbgrader_config.py (default: the current folder)")
+    parser.add_argument("--out", default=None, help="output directory (default: <root>/exercises/)")
     args = parser.parse_args(argv)
-    known = discover_assignments()
+    known = discover_assignments(args.root)
     unknown = [a for a in args.assignments if a not in known]
     if unknown:
         parser.error(f"unknown assignment(s) {unknown}; known: {known}")
-    release(args.assignments or None, out_dir=args.out)
+    release(args.assignments or None, root=args.root, out_dir=args.out)
     return 0

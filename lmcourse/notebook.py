@@ -1,4 +1,4 @@
-"""Notebook helpers shared by ``lmlib.course.release`` and the grading pipeline.
+"""Notebook helpers shared by ``lmcourse.release`` and the grading pipeline.
 
 * :func:`nbgrader_cells` — the nbgrader cells of a notebook (grade_id, points, locked,
   solution / grade flags), as :class:`NbgraderCell` records;

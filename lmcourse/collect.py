@@ -1,0 +1,171 @@
+"""Collect a batch of submissions and read each notebook defensively (instructor guide).
+
+SUBMISSIONS is a folder of per-student folders (``<student>/<assignment>.ipynb`` or
+``<student>/<assignment>/<assignment>.ipynb``, the layout of nbgrader's ``submitted/``), of LMS
+zip files (``<student>.zip`` or nbgrader zip-collect names ``<student>_<assignment>[_...].zip``;
+nested folders, several notebooks and macOS ``__MACOSX`` junk are handled) or of bare
+notebooks. Originals are only read, never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from .model import Submission
+
+__all__ = [
+    "MAX_NOTEBOOK_BYTES",
+    "MAX_ZIP_MEMBER_BYTES",
+    "collect_submissions",
+    "NotebookRejected",
+    "read_notebook",
+]
+
+MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024  # a notebook file larger than this is refused
+MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
+_STUDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
+
+
+def _safe_student(name: str) -> str:
+    name = name.strip()
+    if _STUDENT_RE.match(name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_.@+-]+", "_", name).strip("._") or "unknown"
+    return cleaned[:100]
+
+
+def _is_junk(path: PurePosixPath) -> bool:
+    return any(p == "__MACOSX" or p.startswith("._") or p == ".ipynb_checkpoints" or p.startswith(".~") for p in path.parts)
+
+
+def _pick_notebook(paths: Sequence[PurePosixPath], assignment: str) -> tuple[PurePosixPath | None, list[str], str | None]:
+    """Choose the submission's notebook among candidate paths (relative to the student's root)."""
+    cands = [p for p in paths if p.suffix == ".ipynb" and not _is_junk(p)]
+    notes: list[str] = []
+    if not cands:
+        return None, notes, f"missing notebook: no {assignment}.ipynb in the submission"
+    named = sorted((p for p in cands if p.name == f"{assignment}.ipynb"), key=lambda p: (len(p.parts), str(p)))
+    if named:
+        if len(named) > 1:
+            notes.append(f"{len(named)} copies of {assignment}.ipynb; graded the one at {named[0]}")
+        return named[0], notes, None
+    if len(cands) == 1:
+        notes.append(f"notebook is named {cands[0].name}, not {assignment}.ipynb; graded it anyway")
+        return cands[0], notes, None
+    return None, notes, (f"missing notebook: no {assignment}.ipynb and {len(cands)} other notebooks "
+                         f"({', '.join(sorted(p.name for p in cands)[:5])}); cannot tell which to grade")
+
+
+def _student_of(stem: str, assignment: str) -> str:
+    """``<student>`` of ``<student>_<assignment>[_...]`` (nbgrader zip-collect), else the stem."""
+    m = re.match(rf"^(?P<student>.+?)_{re.escape(assignment)}(?:_.*)?$", stem)
+    return _safe_student(m.group("student") if m else stem)
+
+
+def _from_folder(entry: Path, assignment: str) -> Submission:
+    student = _safe_student(entry.name)
+    sub = Submission(student=student, origin=str(entry))
+    if student != entry.name:
+        sub.problems.append(f"student folder {entry.name!r} renamed to {student!r}")
+    rels = [PurePosixPath(p.relative_to(entry).as_posix()) for p in entry.rglob("*.ipynb") if p.is_file() and not p.is_symlink()]
+    rel, notes, fatal = _pick_notebook(rels, assignment)
+    sub.problems += notes
+    sub.fatal = fatal
+    if rel is not None:
+        sub.notebook = entry / rel
+    return sub
+
+
+def _from_zip(entry: Path, assignment: str, work: Path) -> Submission:
+    """The notebook of a zip, copied (size-limited, never extracted blindly: no path traversal)."""
+    student = _student_of(entry.stem, assignment)
+    sub = Submission(student=student, origin=str(entry))
+    try:
+        with zipfile.ZipFile(entry) as zf:
+            infos = {PurePosixPath(i.filename): i for i in zf.infolist() if not i.is_dir()}
+            rel, notes, fatal = _pick_notebook(list(infos), assignment)
+            sub.problems += notes
+            sub.fatal = fatal
+            if rel is not None:
+                info = infos[rel]
+                if info.file_size > MAX_ZIP_MEMBER_BYTES:
+                    sub.fatal = f"oversized notebook: {rel} is {info.file_size / 2**20:.1f} MiB in the zip"
+                else:
+                    dest = work / "unzipped" / student / f"{assignment}.ipynb"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(dest, "wb") as dst:
+                        data = src.read(MAX_ZIP_MEMBER_BYTES + 1)
+                        dst.write(data)
+                    sub.notebook = dest
+                    sub.origin = f"{entry}:{rel}"
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+        sub.fatal = f"unreadable zip file {entry.name}: {exc}"
+    return sub
+
+
+def _add(subs: dict[str, Submission], sub: Submission) -> None:
+    """Add ``sub`` under a unique student name (``alice``, ``alice-2``, ...)."""
+    base, n = sub.student, 2
+    while sub.student in subs:
+        sub.student = f"{base}-{n}"
+        n += 1
+    if sub.student != base:
+        sub.problems.append(f"another submission is also named {base}; this one is graded as {sub.student}")
+    subs[sub.student] = sub
+
+
+def collect_submissions(submissions: Path, assignment: str, work: Path) -> list[Submission]:
+    """Find every student's notebook under ``submissions`` (folders or zips; see module doc).
+
+    Zip members are copied to ``work/<student>/`` (never extracted blindly: no path traversal,
+    size-limited); folder submissions are read in place (the grader only ever reads them).
+    """
+    if not submissions.is_dir():
+        raise FileNotFoundError(f"SUBMISSIONS {submissions} is not a folder")
+    subs: dict[str, Submission] = {}
+    for entry in sorted(submissions.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith(".") or entry.name == "__MACOSX":
+            continue
+        if entry.is_dir():
+            _add(subs, _from_folder(entry, assignment))
+        elif entry.suffix.lower() == ".zip":
+            _add(subs, _from_zip(entry, assignment, work))
+        elif entry.suffix == ".ipynb":
+            # a bare notebook <student>.ipynb or <student>_<assignment>...ipynb
+            student = _student_of(entry.stem, assignment)
+            _add(subs, Submission(student=student, notebook=entry, origin=str(entry)))
+    return list(subs.values())
+
+
+class NotebookRejected(Exception):
+    """The submission cannot be graded at all (every part scores 0, with this reason)."""
+
+
+def read_notebook(path: Path) -> dict:
+    """Load a submitted notebook defensively; :class:`NotebookRejected` with a clear reason."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise NotebookRejected(f"missing notebook: {exc.strerror}") from None
+    if size > MAX_NOTEBOOK_BYTES:
+        raise NotebookRejected(f"oversized notebook: {size / 2**20:.1f} MiB (limit {MAX_NOTEBOOK_BYTES / 2**20:.0f} MiB); clear the outputs and resubmit")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotebookRejected(f"not UTF-8 (byte {exc.start}); the file is not a valid notebook") from None
+    try:
+        nb = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NotebookRejected(f"invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); the file is not a valid notebook") from None
+    except RecursionError:
+        raise NotebookRejected("invalid notebook: JSON nested too deeply") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise NotebookRejected("invalid notebook: no list of cells (is this an .ipynb file of nbformat 4?)")
+    if nb.get("nbformat") != 4:
+        raise NotebookRejected(f"invalid notebook: nbformat {nb.get('nbformat')!r}, expected 4")
+    return nb
