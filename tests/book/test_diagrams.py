@@ -83,7 +83,8 @@ def _markdown_sources() -> list[tuple[Path, str]]:
 
     sources = []
     for path in sorted(CHAPTERS.rglob("*")):
-        if any(part.startswith((".", "_build")) for part in path.relative_to(ROOT).parts):
+        # pages only: not _ext/, _static/, _diagrams/ (whose README shows the directive), _build/
+        if any(part.startswith((".", "_")) for part in path.relative_to(CHAPTERS).parts):
             continue
         if path.suffix == ".md":
             sources.append((path, path.read_text(encoding="utf-8")))
