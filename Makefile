@@ -32,11 +32,14 @@ export JUPYTER_DEFAULT_PROVISIONER_NAME := lmlib-ipc-provisioner
 # nbgrader runs `alembic` and nbval/nbclient start `python -m ipykernel` by name: use the venv's
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
+# Debian packages the book build needs: Graphviz's `dot` draws the diagrams
+# (chapters/_diagrams/*.dot) into SVG files (sphinx.ext.graphviz).
+BOOK_PACKAGES := graphviz
 # Debian packages the tests drive: a real browser for the web book, bubblewrap for the
-# grading sandbox, PostgreSQL for the parallel-grading gradebook.
-SYSTEM_PACKAGES := chromium chromium-driver bubblewrap postgresql
+# grading sandbox, PostgreSQL for the parallel-grading gradebook; and the book build's own.
+SYSTEM_PACKAGES := chromium chromium-driver bubblewrap postgresql $(BOOK_PACKAGES)
 
-.PHONY: help setup data system-deps book test test-fast lab release grade clean
+.PHONY: help setup data system-deps book-deps book test test-fast lab release grade clean
 
 help:
 	@echo "make book      build the web book into _build/html (sets everything up first)"
@@ -58,8 +61,9 @@ data: $(STAMP)
 	$(PY) -m lmlib.data fetch
 	$(PY) -m lmlib.hf prepare
 
-system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+# install those of the Debian packages $(1) that are missing (with sudo when not root)
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
@@ -67,8 +71,15 @@ system-deps:
 	  $$SUDO apt-get update -qq -o DPkg::Lock::Timeout=600 || true; \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing; \
 	fi
+endef
 
-book: setup
+system-deps:
+	$(call apt_install,$(SYSTEM_PACKAGES))
+
+book-deps:
+	$(call apt_install,$(BOOK_PACKAGES))
+
+book: setup book-deps
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is in _build/html/index.html"
 
