@@ -16,16 +16,18 @@ module              what it implements                                          
                     sinusoidal positional encoding
 ``transformer``     layer norm, feed-forward, the pre-norm residual block       4.4
 ``metrics``         cross-entropy, perplexity, BLEU, ROUGE-L                    4.5, 9
-``optim``           gradient descent, SGD with momentum, AdamW                  4.6
+``optim``           gradient descent, SGD with momentum, AdamW, Muon            4.6
 ``model``           GPTConfig and GPT                                           5.1
 ``hf``              Hugging Face bridge: export to GPT-2, SmolLM2 and MiniLM    5.3-5.5
 ``llama``           RMSNorm, RoPE, SwiGLU, grouped-query attention (LLaMA)      5.4
-``data``            Shakespeare corpus and movie-review sentiment, offline      5.2
-``sft``             chat formatting and response-only loss masks for SFT        10.1
-``lora``            LoRA adapters: LoRALinear, apply_lora, merge, counts        10.2
-``preference``      Bradley-Terry reward loss, DPO, sequence log-probs          10.3
-``rl``              GRPO: group advantages, PPO clipping, k3 KL, rollout        10.4
+``data``            Shakespeare corpus (``char_corpus``), movie reviews, offline 5.2
+``checkpoint``      atomic save/load with a sha256 digest and a format number   5.2
+``sft``             chat formatting and response-only loss masks for SFT        6.1
+``lora``            LoRA adapters: LoRALinear, apply_lora, merge, counts        6.2
+``preference``      Bradley-Terry reward loss, DPO, sequence log-probs          6.3
+``rl``              GRPO: group advantages, PPO clipping, k3 KL, rollout        6.4
 ``device``          pick CUDA / MPS / CPU                                       1
+``_validate``       the argument guards every public entry point shares         --
 ``grading``         the checks behind the graded exercises (student kernel)     guides
 ==================  ==========================================================  =======
 
