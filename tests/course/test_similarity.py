@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import csv
 import inspect
-import json
 import pickle
 import re
 from pathlib import Path
@@ -251,3 +250,18 @@ def test_grade_command_rejects_a_bad_threshold(tmp_path, capsys):
     assert "--similarity-threshold must be in (0, 1]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="threshold must be in"):
         S.find_matches({}, frozenset(), {}, threshold=0.0)
+
+
+def test_a_crash_in_the_report_is_reported_not_raised(tmp_path, monkeypatch):
+    from lmcourse import grade
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("bad\x1b[2Jcell")
+
+    monkeypatch.setattr(S, "write_similarity", boom)
+    summary = tmp_path / "x-summary.txt"
+    summary.write_text("Assignment x\n")
+    assert grade._similarity(SimpleNamespace(), [], tmp_path, summary, 0.5) == {}
+    text = summary.read_text()
+    assert text.startswith("Assignment x\n")
+    assert "Similarity: not computed (RuntimeError: bad\\x1b[2Jcell)" in text and "\x1b" not in text
