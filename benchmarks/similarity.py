@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import inspect
 import itertools
 import random
@@ -242,7 +243,7 @@ def lmlib_sources() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- plagiarising transforms
 
-_KEEP = {"torch", "math", "np", "F", "self", "None", "True", "False"} | set(dir(__builtins__) if isinstance(__builtins__, dict) is False else __builtins__)
+_KEEP = {"torch", "math", "np", "F", "self"} | set(dir(builtins))  # names a copier cannot rename
 
 
 class _Rename(ast.NodeTransformer):

@@ -341,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = _record(results, spec, cfg, root, not args.no_feedback,
                     None if args.no_similarity else args.similarity_threshold)
     print(f"done in {time.monotonic() - t0:.1f} s: {paths['csv']}, {paths['summary']}, {paths['histogram']}"
+          + (f", {paths['similarity']}" if "similarity" in paths else "")
           + ("" if args.no_feedback else f", feedback in {out / 'feedback'}"))
     return 0
 
