@@ -386,25 +386,31 @@ def starter(task: str) -> frozenset[int]:
     return frozenset(S.fingerprint(f'{SIGNATURES[task]}\n    """..."""\n    # YOUR CODE HERE\n    raise NotImplementedError()\n').hashes)
 
 
+def judged(a: S.Fingerprints, b: S.Fingerprints) -> float:
+    """The report's score of a pair: 0 (not judged) when either is below MIN_FINGERPRINTS."""
+    return S.score(a, b) if min(len(a), len(b)) >= S.MIN_FINGERPRINTS else 0.0
+
+
 def pair_scores(variants: int, seed: int) -> dict[str, dict[str, list[float]]]:
     """``{task: {"plag": [...], "honest": [...], "ref": [...]}}`` of scores."""
     rng = random.Random(seed)
     refs = lmlib_sources()
-    out = {}
+    out, sizes = {}, {}
     for task, honest in HONEST.items():
         impls = [textwrap.dedent(refs[task])] + [textwrap.dedent(h) for h in honest]
         st = starter(task)
         fps = [S.fingerprint(s).without(st) for s in impls]
+        sizes[task] = [len(fp) for fp in fps]
         plag, ref = [], []
         for src, fp in zip(impls, fps):
             for _ in range(variants):
-                plag.append(S.score(fp, S.fingerprint(plagiarise(src, rng)).without(st)))
+                plag.append(judged(fp, S.fingerprint(plagiarise(src, rng)).without(st)))
         module = S.reference_fingerprints([MODULES[task]])
         (ref_fp,) = module.values()
         for _ in range(variants):  # copies of lmlib's version against lmlib's whole module
-            ref.append(S.score(S.fingerprint(plagiarise(impls[0], rng)).without(st), ref_fp))
-        honest_scores = [S.score(a, b) for a, b in itertools.combinations(fps, 2)]
-        out[task] = {"plag": plag, "honest": honest_scores, "ref": ref}
+            ref.append(judged(S.fingerprint(plagiarise(impls[0], rng)).without(st), ref_fp))
+        honest_scores = [judged(a, b) for a, b in itertools.combinations(fps, 2)]
+        out[task] = {"plag": plag, "honest": honest_scores, "ref": ref, "sizes": sizes[task]}
     return out
 
 
@@ -420,15 +426,15 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     res = pair_scores(args.variants, args.seed)
     t = args.threshold
-    print(f"winnowing k={S.K}, w={S.W}, threshold {t:g}\n")
-    print(f"{'function':<12} {'copies':>6} {'recall':>7} {'min copy':>8} {'ref recall':>10} "
+    print(f"winnowing k={S.K}, w={S.W}, threshold {t:g}, answers with < {S.MIN_FINGERPRINTS} fingerprints not judged\n")
+    print(f"{'function':<12} {'fingerprints':>14} {'copies':>6} {'recall':>7} {'min copy':>8} {'ref recall':>10} "
           f"{'honest':>6} {'FP rate':>7} {'max honest':>10}")
     for task, r in res.items():
-        print(f"{task:<12} {len(r['plag']):>6} {_rate(r['plag'], t):>7.2f} {min(r['plag']):>8.2f} "
+        print(f"{task:<12} {'/'.join(map(str, r['sizes'])):>14} {len(r['plag']):>6} {_rate(r['plag'], t):>7.2f} {min(r['plag']):>8.2f} "
               f"{_rate(r['ref'], t):>10.2f} {len(r['honest']):>6} {_rate(r['honest'], t):>7.2f} {max(r['honest']):>10.2f}")
     plag = [x for r in res.values() for x in r["plag"]]
     honest = [x for r in res.values() for x in r["honest"]]
-    print(f"{'all':<12} {len(plag):>6} {_rate(plag, t):>7.2f} {min(plag):>8.2f} "
+    print(f"{'all':<12} {'':>14} {len(plag):>6} {_rate(plag, t):>7.2f} {min(plag):>8.2f} "
           f"{_rate([x for r in res.values() for x in r['ref']], t):>10.2f} {len(honest):>6} "
           f"{_rate(honest, t):>7.2f} {max(honest):>10.2f}")
     print(f"\nmedian score: copies {statistics.median(plag):.2f}, honest pairs {statistics.median(honest):.2f}")

@@ -51,7 +51,7 @@ __all__ = [
 K = 12  # tokens per k-gram (normalised AST tokens: about one short statement)
 W = 4  # winnowing window: every shared run of >= K + W - 1 tokens is detected
 THRESHOLD = 0.5  # a pair is reported at or above this score (benchmarks/similarity.py)
-MIN_FINGERPRINTS = 4  # answers with fewer fingerprints (after the starter) are too short to judge
+MIN_FINGERPRINTS = 6  # answers with fewer fingerprints (after the starter) are too short to judge
 REFERENCE = "lmlib reference"  # the "student B" of a reference match
 MAX_SOURCE_CHARS = 200_000  # a longer cell is cut (a cell that big is not an answer)
 _MAGIC = re.compile(r"^\s*[%!]")  # IPython magics / shell lines: not Python
