@@ -22,8 +22,9 @@ The pipeline, per submission (each step contained: one bad submission never stop
    here; then the cell's points, else 0 with one message per failed check.
 5. **record** in nbgrader's gradebook (:mod:`lmcourse.gradebook`, ``--db-url``; SQLite under ``grading/`` by default):
    auto scores per grade cell; a grade with a manual score keeps it. Then the CSV, the summary
-   and its histogram (:mod:`lmcourse.report`) and per-student feedback without hidden-test
-   source (:mod:`lmcourse.feedback`).
+   and its histogram (:mod:`lmcourse.report`), per-student feedback without hidden-test
+   source (:mod:`lmcourse.feedback`) and the similarity report for the instructor to review
+   (:mod:`lmcourse.similarity`; it never changes a score).
 
 This module is the orchestration: :func:`grade_submission` runs steps 2-4 for one submission,
 :func:`grade_batch` runs it over a batch in worker processes, :func:`main` is the command.
@@ -52,6 +53,7 @@ from .gradebook import course_id, gradebook_scores, write_gradebook
 from .model import AssignmentSpec, GradeConfig, PartResult, Submission, SubmissionResult, load_spec
 from .rebuild import draw_inputs, rebuild_notebook
 from .sandbox import Limits, SandboxResult, SandboxUnavailable, check_bwrap, run_sandboxed
+from .similarity import THRESHOLD as SIMILARITY_THRESHOLD
 from .score import RunOutcome, executed_notebook, run_outcome, score_submission
 from .stage import RUNNER, SANDBOX_ROOT, data_binds, gpu_devices, sandbox_env, stage_lmlib
 
@@ -202,6 +204,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="expose the NVIDIA GPU to the sandboxes (auto: if /dev/nvidiactl exists); "
                         "with a GPU the address-space limit is off (CUDA reserves huge ranges)")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
+    p.add_argument("--similarity-threshold", type=float, default=SIMILARITY_THRESHOLD,
+                   help="report answer cells this similar to another student's or to lmlib's "
+                        f"(0-1, default {SIMILARITY_THRESHOLD:g})")
+    p.add_argument("--no-similarity", action="store_true", help="skip the similarity report")
     p.add_argument("--keep-scratch", action="store_true", help="keep each sandbox's scratch folder (debugging)")
     return p
 
@@ -249,9 +255,27 @@ def _grade_all(subs: Sequence[Submission], spec: AssignmentSpec, cfg: GradeConfi
     return results
 
 
+def _similarity(spec: AssignmentSpec, results: Sequence[SubmissionResult], out: Path, summary: Path,
+                threshold: float) -> dict[str, Path]:
+    """The similarity report (:mod:`lmcourse.similarity`; advisory, never changes a score):
+    ``<out>/<id>-similarity.csv`` and a section of the summary."""
+    from . import report, similarity
+
+    try:
+        path, section = similarity.write_similarity(out, spec, results, threshold)
+    except Exception as exc:  # noqa: BLE001 - the report must never stop the recording
+        traceback.print_exc()
+        report.append_section(summary, [f"Similarity: not computed ({similarity.safe_text(type(exc).__name__)}: "
+                                        f"{similarity.safe_text(exc)})"])
+        return {}
+    report.append_section(summary, section)
+    return {"similarity": path}
+
+
 def _record(results: Sequence[SubmissionResult], spec: AssignmentSpec, cfg: GradeConfig, root: Path,
-            feedback_html: bool) -> dict[str, Path]:
-    """Gradebook, CSV / summary / histogram, executed notebooks and feedback; the report paths."""
+            feedback_html: bool, similarity_threshold: float | None = None) -> dict[str, Path]:
+    """Gradebook, CSV / summary / histogram, similarity report (unless the threshold is None),
+    executed notebooks and feedback; the report paths."""
     from . import feedback, report
 
     a, out = spec.assignment, cfg.out
@@ -259,6 +283,8 @@ def _record(results: Sequence[SubmissionResult], spec: AssignmentSpec, cfg: Grad
     write_gradebook(cfg.db_url, spec, results, course)
     scores = gradebook_scores(cfg.db_url, a, [r.student for r in results], course)
     paths = report.write_reports(out, spec, results, scores)
+    if similarity_threshold is not None:
+        paths.update(_similarity(spec, results, out, paths["summary"], similarity_threshold))
     for r in results:
         if r.executed is not None:
             d = out / "autograded" / r.student / a
@@ -284,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers must be >= 1; got {args.workers}")
+    if not 0.0 < args.similarity_threshold <= 1.0:
+        p.error(f"--similarity-threshold must be in (0, 1]; got {args.similarity_threshold}")
     a, root = args.assignment, args.root
     source = args.source or root / "solutions" / a / f"{a}.ipynb"
     out: Path = args.out or root / "grading"
@@ -310,8 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = _grade_all(subs, spec, cfg, args.workers)
     except SandboxUnavailable as exc:
         return _error(str(exc))
-    paths = _record(results, spec, cfg, root, not args.no_feedback)
+    paths = _record(results, spec, cfg, root, not args.no_feedback,
+                    None if args.no_similarity else args.similarity_threshold)
     print(f"done in {time.monotonic() - t0:.1f} s: {paths['csv']}, {paths['summary']}, {paths['histogram']}"
+          + (f", {paths['similarity']}" if "similarity" in paths else "")
           + ("" if args.no_feedback else f", feedback in {out / 'feedback'}"))
     return 0
 

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["write_reports", "write_csv", "write_summary", "write_histogram"]
+__all__ = ["write_reports", "write_csv", "write_summary", "write_histogram", "append_section"]
 
 
 def _rows(spec: Any, results: Sequence[Any], scores: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[dict]:
@@ -71,6 +71,13 @@ def write_summary(path: Path, spec: Any, rows: Sequence[dict], results: Sequence
     lines.append(f"Problems ({len(problems)}; student, assignment, cell: reason):")
     lines += [f"  {m}" for m in problems] or ["  none"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def append_section(path: Path, lines: Sequence[str]) -> Path:
+    """Append a section (a blank line, then ``lines``, already escaped) to the summary ``path``."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n" + "".join(line + "\n" for line in lines))
     return path
 
 
