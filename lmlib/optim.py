@@ -162,26 +162,9 @@ class AdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)  # m
-                    state["exp_avg_sq"] = torch.zeros_like(p)  # v
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                p.mul_(1 - lr * wd)
-                m.lerp_(g, 1 - beta1)  # m + (1 - beta1) (g - m) = beta1 m + (1 - beta1) g
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                bias1 = 1 - beta1**t
-                bias2 = 1 - beta2**t
-                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)  # sqrt(v_hat) + eps
-                p.addcdiv_(m, denom, value=-lr / bias1)  # - lr * m_hat / denom
+                if p.grad is not None:
+                    _adamw_update(p, self.state[p], group)
         return loss
 
 
@@ -443,7 +426,8 @@ def muon_param_groups(
 
 @torch.no_grad()
 def _adamw_update(p: torch.Tensor, state: dict, group: dict) -> None:
-    """One AdamW step (the rule of :class:`AdamW`) for ``p`` with gradient ``p.grad``."""
+    """One AdamW step for ``p`` with gradient ``p.grad`` (the rule of :class:`AdamW`, chapter 4.6;
+    also :class:`MuonWithAuxAdamW`'s rule for embeddings, the head and gains)."""
     g = p.grad
     lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
     if not state:
@@ -453,11 +437,13 @@ def _adamw_update(p: torch.Tensor, state: dict, group: dict) -> None:
     state["step"] += 1
     t = state["step"]
     m, v = state["exp_avg"], state["exp_avg_sq"]
-    p.mul_(1 - lr * wd)
-    m.lerp_(g, 1 - beta1)
+    p.mul_(1 - lr * wd)  # decoupled weight decay (PyTorch scales it by lr)
+    m.lerp_(g, 1 - beta1)  # m + (1 - beta1) (g - m) = beta1 m + (1 - beta1) g
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)  # sqrt(v_hat) + eps
-    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+    bias1 = 1 - beta1**t
+    bias2 = 1 - beta2**t
+    denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)  # sqrt(v_hat) + eps
+    p.addcdiv_(m, denom, value=-lr / bias1)  # - lr * m_hat / denom
 
 
 class MuonWithAuxAdamW(Optimizer):
