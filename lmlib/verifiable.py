@@ -357,9 +357,7 @@ def grpo_train(policy: nn.Module, prompts: Sequence[str], tok: CharTokenizer,
         raise ValueError("prompts must be non-empty and all of the same length")
     if ref is None:
         ref = copy.deepcopy(policy)
-    ref.eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
+    ref.eval()  # frozen: used under no_grad only, and not given to the optimizer
     c = config
     P, G = c.prompts_per_step, c.group_size
     gen = torch.Generator().manual_seed(c.seed)
