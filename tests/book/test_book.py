@@ -355,7 +355,7 @@ def test_every_chapter_follows_the_template() -> None:
             problems.append(f"{page}: no key term in bold with its Chinese name, e.g. **attention (注意力)**")
         if "plt." not in _code_of(path) and ".plot(" not in _code_of(path):
             problems.append(f"{page}: no matplotlib figure")
-        named = set(re.findall(r"\b(0[1-8]-[a-z-]+[a-z])\b", md)) & exercises
+        named = set(re.findall(r"\b(\d\d-[a-z-]+[a-z])\b", md)) & exercises
         if not named:
             problems.append(f"{page}: does not point to a graded exercise (one of {sorted(exercises)})")
     assert not problems, "\n".join(problems)
