@@ -208,7 +208,7 @@ class Advantages(_AdvCheck):
 
 @register
 class AdvantagesHidden(_AdvCheck):
-    """A group whose rewards are all equal (advantages 0, not NaN) and 0/1 rewards."""
+    """Groups whose rewards are all equal (advantages 0, not NaN), 0/1 rewards, groups of one."""
 
     id = "10-preference-rl/advantages-hidden"
 
@@ -216,7 +216,7 @@ class AdvantagesHidden(_AdvCheck):
         r = rng.integers(0, 2, (4, 6)).astype(np.float64)
         r[1] = 1.0
         r[2] = 0.0
-        return {"cases": [{"rewards": r}]}
+        return {"cases": [{"rewards": r}, {"rewards": rng.normal(0, 1, (3, 1))}]}
 
 
 # --------------------------------------------------------------------------- GRPO loss
