@@ -126,7 +126,9 @@ class DPOHidden(_DPOCheck):
     id = "10-preference-rl/dpo-hidden"
 
     def make_inputs(self, rng: np.random.Generator) -> dict:
-        return {"cases": [{**_logps(rng, 6), "beta": 0.5}, {**_logps(rng, 3, 400.0), "beta": 1.0}]}
+        far = _logps(rng, 3, 400.0)
+        far["pc"][0] = far["rc"][0] - 300.0  # a margin of -300 nats: log(sigmoid) underflows to -inf
+        return {"cases": [{**_logps(rng, 6), "beta": 0.5}, {**far, "beta": 1.0}]}
 
 
 # --------------------------------------------------------------------------- sequence log-prob
