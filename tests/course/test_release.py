@@ -32,7 +32,8 @@ from lmcourse.notebook import test_cells as nb_test_cells
 REPO = Path(__file__).resolve().parents[2]
 ASSIGNMENTS = discover_assignments(REPO)
 KNOWN_IDS = {"01-lm", "02-tokenize", "03-attention", "04-transformer", "05-optim",
-             "06-rnn-embeddings", "07-train-gpt", "08-finetune"}
+             "06-rnn-embeddings", "07-train-gpt", "08-finetune",
+             "09-sft-lora", "10-preference-rl"}
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
 

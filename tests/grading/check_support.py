@@ -28,8 +28,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 #: the assignments whose checks are tested against lmlib's references and wrong answers here
 #: (01-lm's checks are tested against independent answers in test_checks_a01_lm.py)
-ASSIGNMENTS = ["02-tokenize", "03-attention", "04-transformer", "05-optim", "06-rnn-embeddings", "07-train-gpt", "08-finetune"]
-HEAVY = {"07-train-gpt/train", "08-finetune/classifier", "08-finetune/classifier-hidden"}  # marked slow
+ASSIGNMENTS = ["02-tokenize", "03-attention", "04-transformer", "05-optim", "06-rnn-embeddings", "07-train-gpt", "08-finetune",
+               "09-sft-lora", "10-preference-rl"]
+HEAVY = {"07-train-gpt/train", "08-finetune/classifier", "08-finetune/classifier-hidden",
+         "09-sft-lora/sft-train", "10-preference-rl/grpo-train"}  # marked slow
 
 
 # --------------------------------------------------------------------------- solution notebooks

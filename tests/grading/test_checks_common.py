@@ -1,4 +1,4 @@
-"""What holds for the checks of all assignments 02-08 together: every check has a wrong
+"""What holds for the checks of all assignments 02-10 together: every check has a wrong
 implementation in its assignment's test file (``test_checks_aNN_*.py``), the solution
 notebooks call exactly the registered checks, and importing the check modules imports no
 reference module. The machinery is in ``check_support.py``.
