@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -127,20 +128,19 @@ DUPLICATE_POLICIES = ("latest", "refuse")
 def _timestamp(entry: Path, assignment: str) -> float:
     """When ``entry`` was submitted: the LMS / zip-collect time in its name
     (``<student>_<assignment>_2026-11-20-10-00-00.zip``), else the newest ``.ipynb`` entry of a
-    zip, else the newest notebook's file time (POSIX seconds, UTC)."""
-    import calendar
-
+    zip, else the newest notebook's file time (POSIX seconds; zip and LMS times are local time,
+    as zip files store them)."""
     m = _STAMP_RE.search(entry.stem)
     if m:
         y, mo, d, h, mi, sec = (int(x or 0) for x in m.groups())
         try:
-            return float(calendar.timegm((y, mo, d, h, mi, sec, 0, 0, 0)))
+            return float(time.mktime((y, mo, d, h, mi, sec, 0, 0, -1)))
         except (ValueError, OverflowError):
             pass
     try:
         if entry.is_file() and entry.suffix.lower() == ".zip":
             with zipfile.ZipFile(entry) as zf:
-                stamps = [calendar.timegm((*i.date_time, 0, 0, 0)) for i in zf.infolist() if i.filename.endswith(".ipynb")]
+                stamps = [calendar_mtime(i.date_time) for i in zf.infolist() if i.filename.endswith(".ipynb")]
             return float(max(stamps)) if stamps else entry.stat().st_mtime
         if entry.is_dir():
             stamps = [p.stat().st_mtime for p in entry.rglob("*.ipynb") if p.is_file() and not p.is_symlink()]
@@ -164,9 +164,7 @@ def _entries(submissions: Path, assignment: str) -> list[tuple[str, Path]]:
 
 
 def _when(t: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "unknown time"
 
 
 def _one(entry: Path, assignment: str, work: Path) -> Submission:
@@ -204,10 +202,9 @@ def _unpack_batch(archive: Path, work: Path) -> Path:
 
 
 def calendar_mtime(date_time: tuple) -> float:
-    import calendar
-
+    """A zip entry's ``date_time`` (local time, as zip stores it) in POSIX seconds."""
     try:
-        return float(calendar.timegm((*date_time, 0, 0, 0)))
+        return float(time.mktime((*date_time, 0, 0, -1)))
     except (ValueError, OverflowError):
         return 0.0
 

@@ -135,11 +135,11 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
     if foreign:
         return SubmissionResult(sub.student, a, [], [_line(sub.student, a, "-", foreign)], None,
                                 time.monotonic() - t0, refused=foreign)
-    if not_attempted(student_nb, spec):
+    rebuilt = rebuild_notebook(student_nb, spec)
+    if not_attempted(student_nb, spec):  # not run: one line instead of a failure per check
         return SubmissionResult(sub.student, a, _all_zero(spec, "not attempted"),
                                 messages + [_line(sub.student, a, "-", "not attempted (the released notebook, unchanged); every part scores 0")],
-                                None, time.monotonic() - t0)
-    rebuilt = rebuild_notebook(student_nb, spec)
+                                rebuilt.nb, time.monotonic() - t0)
     messages += [_line(sub.student, a, cell, why) for cell, why in rebuilt.notes]
     work, io_dir = _scratch(cfg, sub.student)
     inputs = draw_inputs(spec, io_dir, _student_secret(cfg.secret, sub.student))
