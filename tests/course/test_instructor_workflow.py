@@ -253,12 +253,13 @@ def test_make_grade_without_arguments_names_what_is_missing():
     if not shutil.which("make"):
         pytest.skip("make is not installed")
     env = {**_env(), "MAKEFLAGS": ""}  # serial: grade-args runs before any set-up prerequisite
-    proc = subprocess.run(["make", "-s", "grade"], cwd=REPO, env=env,
+    # PYTHON=false: were the argument check not first, the set-up would fail at once, not build a venv
+    proc = subprocess.run(["make", "-s", "grade", "PYTHON=false"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "missing ASSIGNMENT and SUBMISSIONS" in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "01-lm" in proc.stderr.split("valid assignments:")[1]
-    proc = subprocess.run(["make", "-s", "grade", "ASSIGNMENT=01-lm"], cwd=REPO, env=env,
+    proc = subprocess.run(["make", "-s", "grade", "ASSIGNMENT=01-lm", "PYTHON=false"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "missing SUBMISSIONS" in proc.stderr and "ASSIGNMENT and" not in proc.stderr
 
