@@ -359,7 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         subs = collect_submissions(args.submissions, a, out / ".work" / f"collect-{a}", args.duplicates)
     except FileNotFoundError as exc:
         return _error(str(exc))
-    _copy_submitted(subs, out, a)
     print(f"grading {len(subs)} submission(s) of {a} with {args.workers} worker(s); max score {spec.max_score:g}"
           + (f"; GPU devices {', '.join(devices)}" if devices else ""))
     t0 = time.monotonic()
@@ -367,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = _grade_all(subs, spec, cfg, args.workers)
     except SandboxUnavailable as exc:
         return _error(str(exc))
+    graded = {r.student for r in results if not r.refused}  # a refused notebook leaves no copy either
+    _copy_submitted([s for s in subs if s.student in graded], out, a)
     paths = _record(results, spec, cfg, root, not args.no_feedback)
     print(f"done in {time.monotonic() - t0:.1f} s: {paths['csv']}, {paths['summary']}, {paths['histogram']}, {paths['course']}"
           + ("" if args.no_feedback else f", feedback in {out / 'feedback'}"))

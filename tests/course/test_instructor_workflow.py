@@ -196,7 +196,8 @@ def test_notebook_of_another_assignment_is_refused(batches):
     with Gradebook(f"sqlite:///{batches['out'] / 'gradebook.db'}") as gb:
         with pytest.raises(MissingEntry):
             gb.find_student("wrongnb")
-    assert not (batches["out"] / "feedback" / "wrongnb").exists()
+    for kind in ("feedback", "submitted", "autograded"):
+        assert not (batches["out"] / kind / "wrongnb").exists(), kind
 
 
 def test_remove_a_student_then_all(batches, tmp_path):
