@@ -335,9 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"missing {' and '.join(missing)}: python -m lmcourse grade ASSIGNMENT SUBMISSIONS "
                       f"(make grade ASSIGNMENT=01-lm SUBMISSIONS=path/to/submissions)"
                       + _valid_ids(root))
-    if args.source is None and not (root / "solutions" / a / f"{a}.ipynb").is_file():
-        return _error(f"unknown assignment {a!r}" + _valid_ids(root))
     source = args.source or root / "solutions" / a / f"{a}.ipynb"
+    if args.source is None and not source.is_file():
+        return _error(f"unknown assignment {a!r}: cannot read the source notebook {source} (no such file)" + _valid_ids(root))
     out: Path = args.out or root / "grading"
     try:
         check_bwrap()
