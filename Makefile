@@ -39,7 +39,7 @@ BOOK_PACKAGES := graphviz
 # grading sandbox, PostgreSQL for the parallel-grading gradebook; and the book build's own.
 SYSTEM_PACKAGES := chromium chromium-driver bubblewrap postgresql $(BOOK_PACKAGES)
 
-.PHONY: help setup data system-deps book-deps book test test-fast lab release grade clean
+.PHONY: help setup data system-deps book-deps book test test-fast lab release grade grade-args clean
 
 help:
 	@echo "make book      build the web book into _build/html (sets everything up first)"
@@ -99,8 +99,16 @@ lab: setup
 release: setup
 	$(PY) -m lmcourse release --root $(CURDIR)
 
-grade: setup system-deps
+# grade-args comes first: a missing argument is reported before any set-up work
+grade: grade-args setup system-deps
 	$(PY) -m lmcourse grade $(ASSIGNMENT) $(SUBMISSIONS) --root $(CURDIR) $(if $(WORKERS),--workers $(WORKERS))
+
+grade-args:
+	@missing=""; [ -n "$(ASSIGNMENT)" ] || missing="ASSIGNMENT"; \
+	[ -n "$(SUBMISSIONS)" ] || missing="$${missing:+$$missing and }SUBMISSIONS"; \
+	if [ -n "$$missing" ]; then \
+	  echo "error: missing $$missing: make grade ASSIGNMENT=01-lm SUBMISSIONS=path/to/submissions (a folder, a zip or a notebook)" >&2; \
+	  echo "valid assignments: $$(ls solutions | grep -E '^[0-9][0-9]-' | tr '\n' ' ')" >&2; exit 2; fi
 
 clean:
 	rm -rf _build .pytest_cache

@@ -2,8 +2,9 @@
 
     python -m lmcourse release [ASSIGNMENT ...]        regenerate exercises/ and the LMS zips
     python -m lmcourse grade ASSIGNMENT SUBMISSIONS ... grade a batch (see the instructor guide)
+    python -m lmcourse remove ASSIGNMENT --student ID | --all   undo a mistaken run
 
-Both take --root ROOT, the course root holding solutions/ (default: the current folder).
+All take --root ROOT, the course root holding solutions/ (default: the current folder).
 Each subcommand's own options: ``python -m lmcourse <command> --help``.
 """
 
@@ -31,5 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .grade import main as grade_main
 
         return int(grade_main(rest) or 0)
+    if command == "remove":
+        from .remove import main as remove_main
+
+        return int(remove_main(rest) or 0)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

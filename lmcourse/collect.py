@@ -10,7 +10,9 @@ notebooks. Originals are only read, never modified.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -21,6 +23,7 @@ __all__ = [
     "MAX_NOTEBOOK_BYTES",
     "MAX_ZIP_MEMBER_BYTES",
     "collect_submissions",
+    "DUPLICATE_POLICIES",
     "NotebookRejected",
     "read_notebook",
 ]
@@ -118,26 +121,144 @@ def _add(subs: dict[str, Submission], sub: Submission) -> None:
     subs[sub.student] = sub
 
 
-def collect_submissions(submissions: Path, assignment: str, work: Path) -> list[Submission]:
-    """Find every student's notebook under ``submissions`` (folders or zips; see module doc).
+_STAMP_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)[-_T ](\d\d)[-:](\d\d)(?:[-:](\d\d))?")
+DUPLICATE_POLICIES = ("latest", "refuse")
 
-    Zip members are copied to ``work/<student>/`` (never extracted blindly: no path traversal,
-    size-limited); folder submissions are read in place (the grader only ever reads them).
-    """
-    if not submissions.is_dir():
-        raise FileNotFoundError(f"SUBMISSIONS {submissions} is not a folder")
-    subs: dict[str, Submission] = {}
+
+def _timestamp(entry: Path, assignment: str) -> float:
+    """When ``entry`` was submitted: the LMS / zip-collect time in its name
+    (``<student>_<assignment>_2026-11-20-10-00-00.zip``), else the newest ``.ipynb`` entry of a
+    zip, else the newest notebook's file time (POSIX seconds; zip and LMS times are local time,
+    as zip files store them)."""
+    m = _STAMP_RE.search(entry.stem)
+    if m:
+        y, mo, d, h, mi, sec = (int(x or 0) for x in m.groups())
+        try:
+            return float(time.mktime((y, mo, d, h, mi, sec, 0, 0, -1)))
+        except (ValueError, OverflowError):
+            pass
+    try:
+        if entry.is_file() and entry.suffix.lower() == ".zip":
+            with zipfile.ZipFile(entry) as zf:
+                stamps = [calendar_mtime(i.date_time) for i in zf.infolist() if i.filename.endswith(".ipynb")]
+            return float(max(stamps)) if stamps else entry.stat().st_mtime
+        if entry.is_dir():
+            stamps = [p.stat().st_mtime for p in entry.rglob("*.ipynb") if p.is_file() and not p.is_symlink()]
+            return max(stamps) if stamps else entry.stat().st_mtime
+        return entry.stat().st_mtime
+    except (OSError, zipfile.BadZipFile, ValueError, OverflowError):
+        return 0.0
+
+
+def _entries(submissions: Path, assignment: str) -> list[tuple[str, Path]]:
+    """(student, entry) for every folder, zip and notebook directly in ``submissions``."""
+    found = []
     for entry in sorted(submissions.iterdir(), key=lambda p: p.name):
         if entry.name.startswith(".") or entry.name == "__MACOSX":
             continue
         if entry.is_dir():
-            _add(subs, _from_folder(entry, assignment))
-        elif entry.suffix.lower() == ".zip":
-            _add(subs, _from_zip(entry, assignment, work))
-        elif entry.suffix == ".ipynb":
-            # a bare notebook <student>.ipynb or <student>_<assignment>...ipynb
-            student = _student_of(entry.stem, assignment)
-            _add(subs, Submission(student=student, notebook=entry, origin=str(entry)))
+            found.append((_safe_student(entry.name), entry))
+        elif entry.suffix.lower() == ".zip" or entry.suffix == ".ipynb":
+            found.append((_student_of(entry.stem, assignment), entry))
+    return found
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "unknown time"
+
+
+def _one(entry: Path, assignment: str, work: Path) -> Submission:
+    if entry.is_dir():
+        return _from_folder(entry, assignment)
+    if entry.suffix.lower() == ".zip":
+        return _from_zip(entry, assignment, work)
+    return Submission(student=_student_of(entry.stem, assignment), notebook=entry, origin=str(entry))
+
+
+def _unpack_batch(archive: Path, work: Path) -> Path:
+    """A batch zip (an LMS "download all": student folders, zips or notebooks inside), unpacked
+    member by member under ``work/batch`` (no path traversal, size-limited)."""
+    dest = work / "batch" / _safe_student(archive.stem)
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                rel = PurePosixPath(info.filename)
+                if info.is_dir() or rel.is_absolute() or ".." in rel.parts or _is_junk(rel) or info.file_size > MAX_ZIP_MEMBER_BYTES:
+                    continue
+                target = dest.joinpath(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    dst.write(src.read(MAX_ZIP_MEMBER_BYTES + 1))
+                mtime = calendar_mtime(info.date_time)
+                os.utime(target, (mtime, mtime))
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+        raise FileNotFoundError(f"SUBMISSIONS {archive} is not a readable zip file: {exc}") from None
+    return dest
+
+
+def calendar_mtime(date_time: tuple) -> float:
+    """A zip entry's ``date_time`` (local time, as zip stores it) in POSIX seconds."""
+    try:
+        return float(time.mktime((*date_time, 0, 0, -1)))
+    except (ValueError, OverflowError):
+        return 0.0
+
+
+def collect_submissions(submissions: Path, assignment: str, work: Path,
+                        duplicates: str = "latest") -> list[Submission]:
+    """Find every student's notebook under ``submissions`` (see the module doc).
+
+    ``submissions`` is a folder (the layouts above), a batch zip of such a folder (an LMS
+    "download all"; a zip holding only ``<assignment>.ipynb`` is one student's, named by the
+    zip) or one notebook (``<student>.ipynb``). Several entries of one student (two zips, a
+    folder and a zip) are resolved *before* anything is extracted: ``duplicates="latest"``
+    grades the latest by submission time (:func:`_timestamp`) and notes the others;
+    ``"refuse"`` grades none of them (``Submission.refused``). Zip members are copied under
+    ``work`` (never extracted blindly: no path traversal, size-limited); folder submissions
+    are read in place (the grader only ever reads them).
+    """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}; got {duplicates!r}")
+    if not submissions.exists():
+        raise FileNotFoundError(f"SUBMISSIONS {submissions} does not exist (give a folder, a zip or a notebook)")
+    if submissions.is_file() and submissions.suffix == ".ipynb":
+        return [_one(submissions, assignment, work)]
+    if submissions.is_file() and submissions.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(submissions) as zf:
+                names = [PurePosixPath(i.filename) for i in zf.infolist() if not i.is_dir() and not _is_junk(PurePosixPath(i.filename))]
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise FileNotFoundError(f"SUBMISSIONS {submissions} is not a readable zip file: {exc}") from None
+        if PurePosixPath(f"{assignment}.ipynb") in names and not any(p.suffix.lower() == ".zip" for p in names):
+            return [_from_zip(submissions, assignment, work)]  # one student's zip
+        submissions = _unpack_batch(submissions, work)
+    if not submissions.is_dir():
+        raise FileNotFoundError(f"SUBMISSIONS {submissions} is not a folder, a zip or a notebook")
+    by_student: dict[str, list[Path]] = {}
+    for student, entry in _entries(submissions, assignment):
+        by_student.setdefault(student, []).append(entry)
+    subs: dict[str, Submission] = {}
+    for student, entries in by_student.items():
+        if len(entries) == 1:
+            _add(subs, _one(entries[0], assignment, work))
+            continue
+        stamped = sorted(((_timestamp(e, assignment), e.name, e) for e in entries), key=lambda t: (t[0], t[1]))
+        listing = ", ".join(f"{name} ({_when(t)})" for t, name, _ in stamped)
+        if duplicates == "refuse":
+            _add(subs, Submission(student=student, origin=str(submissions), refused=(
+                f"{len(entries)} submissions ({listing}); refused (--duplicates refuse): keep one and grade again")))
+            continue
+        t, name, entry = stamped[-1]
+        sub = _one(entry, assignment, work)
+        sub.student, sub.timestamp = student, t
+        older = ", ".join(f"{n} ({_when(tt)})" for tt, n, _ in stamped[:-1])
+        sub.problems.append(f"{len(entries)} submissions: graded the latest, {name} ({_when(t)}); ignored {older}")
+        _add(subs, sub)
     return list(subs.values())
 
 

@@ -48,10 +48,10 @@ import traceback
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .collect import MAX_NOTEBOOK_BYTES, NotebookRejected, collect_submissions, read_notebook
-from .gradebook import course_id, gradebook_scores, write_gradebook
+from .collect import DUPLICATE_POLICIES, MAX_NOTEBOOK_BYTES, NotebookRejected, collect_submissions, read_notebook
+from .gradebook import course_id, course_scores, gradebook_scores, graded_students, write_gradebook
 from .model import AssignmentSpec, GradeConfig, PartResult, Submission, SubmissionResult, load_spec
-from .rebuild import draw_inputs, rebuild_notebook
+from .rebuild import draw_inputs, foreign_assignment, not_attempted, rebuild_notebook
 from .sandbox import Limits, SandboxResult, SandboxUnavailable, check_bwrap, run_sandboxed
 from .similarity import THRESHOLD as SIMILARITY_THRESHOLD
 from .score import RunOutcome, executed_notebook, run_outcome, score_submission
@@ -126,11 +126,22 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
     t0 = time.monotonic()
     a = spec.assignment
     messages = [_line(sub.student, a, "-", p) for p in sub.problems]
+    if sub.refused:
+        return SubmissionResult(sub.student, a, [], messages + [_line(sub.student, a, "-", sub.refused)], None, 0.0,
+                                refused=sub.refused)
     student_nb, reason = _open_submission(sub)
     if student_nb is None:
         messages.append(_line(sub.student, a, "-", f"{reason}; every part scores 0"))
         return SubmissionResult(sub.student, a, _all_zero(spec, reason), messages, None, time.monotonic() - t0)
+    foreign = foreign_assignment(student_nb, spec, cfg.others)
+    if foreign:
+        return SubmissionResult(sub.student, a, [], [_line(sub.student, a, "-", foreign)], None,
+                                time.monotonic() - t0, refused=foreign)
     rebuilt = rebuild_notebook(student_nb, spec)
+    if not_attempted(student_nb, spec):  # not run: one line instead of a failure per check
+        return SubmissionResult(sub.student, a, _all_zero(spec, "not attempted"),
+                                messages + [_line(sub.student, a, "-", "not attempted (the released notebook, unchanged); every part scores 0")],
+                                rebuilt.nb, time.monotonic() - t0)
     messages += [_line(sub.student, a, cell, why) for cell, why in rebuilt.notes]
     work, io_dir = _scratch(cfg, sub.student)
     inputs = draw_inputs(spec, io_dir, _student_secret(cfg.secret, sub.student))
@@ -188,8 +199,9 @@ def grade_batch(subs: Sequence[Submission], spec: AssignmentSpec, cfg: GradeConf
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcourse grade",
                                 description="Autograde a batch of submissions in sandboxes.")
-    p.add_argument("assignment", help="assignment id, e.g. 01-lm")
-    p.add_argument("submissions", type=Path, help="folder of per-student folders or of LMS zip files")
+    p.add_argument("assignment", nargs="?", help="assignment id, e.g. 01-lm")
+    p.add_argument("submissions", type=Path, nargs="?",
+                   help="a folder of per-student folders, zips or notebooks; a batch zip of such a folder; or one notebook")
     p.add_argument("--root", type=Path, default=Path("."),
                    help="the course root, holding solutions/ and nbgrader_config.py (default: the current folder)")
     p.add_argument("--workers", type=int, default=1, help="parallel sandboxes (default 1)")
@@ -203,6 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", choices=("auto", "on", "off"), default="auto",
                    help="expose the NVIDIA GPU to the sandboxes (auto: if /dev/nvidiactl exists); "
                         "with a GPU the address-space limit is off (CUDA reserves huge ranges)")
+    p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="latest",
+                   help="several submissions of one student: grade the latest (default) or refuse them all")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
     p.add_argument("--similarity-threshold", type=float, default=SIMILARITY_THRESHOLD,
                    help="report answer cells this similar to another student's or to lmlib's "
@@ -227,15 +241,33 @@ def _config(args: argparse.Namespace, spec: AssignmentSpec, source: Path, out: P
     limits = Limits(memory_mb=(args.memory_mb or None) if not devices else None, nproc=args.nproc,
                     wall_s=args.timeout, cpu_s=int(max(args.timeout, 60)))
     db_url = args.db_url or f"sqlite:///{(out / 'gradebook.db').resolve()}"
-    return GradeConfig(assignment=a, source=source, out=out, db_url=db_url,
+    return GradeConfig(assignment=a, source=source, out=out, db_url=db_url, others=course_grade_ids(args.root),
                        secret=os.environ.get("LMLIB_GRADING_SECRET") or secrets.token_hex(16),
                        cell_timeout=args.cell_timeout, limits=limits, lmlib_stage=stage.resolve(),
                        data_dir=data_dir, keep_scratch=args.keep_scratch, devices=devices)
 
 
+def course_grade_ids(root: Path) -> dict[str, frozenset[str]]:
+    """The nbgrader grade_ids of every assignment in ``<root>/solutions`` (to recognise a
+    notebook of another assignment)."""
+    from .notebook import nbgrader_cells
+    from .release import discover_assignments
+
+    out = {}
+    for a in discover_assignments(root):
+        try:
+            nb = json.loads((root / "solutions" / a / f"{a}.ipynb").read_text(encoding="utf-8"))
+            out[a] = frozenset(c.grade_id for c in nbgrader_cells(nb))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def _copy_submitted(subs: Sequence[Submission], out: Path, a: str) -> None:
     """nbgrader's layout, for formgrader: ``<out>/submitted/<student>/<a>/<a>.ipynb``."""
     for sub in subs:
+        if sub.refused:
+            continue
         if sub.notebook is not None and sub.notebook.is_file() and sub.notebook.stat().st_size <= MAX_NOTEBOOK_BYTES:
             d = out / "submitted" / sub.student / a
             d.mkdir(parents=True, exist_ok=True)
@@ -247,7 +279,10 @@ def _grade_all(subs: Sequence[Submission], spec: AssignmentSpec, cfg: GradeConfi
     results: list[SubmissionResult] = []
     for r in grade_batch(subs, spec, cfg, workers=workers):
         results.append(r)
-        print(f"  {r.student}: {r.score:g}/{spec.max_score:g}  ({r.wall_s:.1f} s)")
+        if r.refused:
+            print(f"  {r.student}: REFUSED, not graded and nothing recorded")
+        else:
+            print(f"  {r.student}: {r.score:g}/{spec.max_score:g}  ({r.wall_s:.1f} s)")
         for m in r.messages:
             print(f"    {m}")
         sys.stdout.flush()
@@ -281,18 +316,28 @@ def _record(results: Sequence[SubmissionResult], spec: AssignmentSpec, cfg: Grad
     a, out = spec.assignment, cfg.out
     course = course_id(root / "nbgrader_config.py")
     write_gradebook(cfg.db_url, spec, results, course)
-    scores = gradebook_scores(cfg.db_url, a, [r.student for r in results], course)
+    graded = [r for r in results if not r.refused]
+    # the exports are cumulative: every student of the gradebook, not only this batch
+    scores = gradebook_scores(cfg.db_url, a, graded_students(cfg.db_url, a, course), course)
     paths = report.write_reports(out, spec, results, scores)
+    paths["course"] = report.write_course_csv(out / "course-grades.csv", *course_scores(cfg.db_url, course))
     if similarity_threshold is not None:
-        paths.update(_similarity(spec, results, out, paths["summary"], similarity_threshold))
-    for r in results:
+        paths.update(_similarity(spec, graded, out, paths["summary"], similarity_threshold))
+    for r in graded:
         if r.executed is not None:
             d = out / "autograded" / r.student / a
             d.mkdir(parents=True, exist_ok=True)
             (d / f"{a}.ipynb").write_text(json.dumps(r.executed, indent=1), encoding="utf-8")
     if feedback_html:
-        feedback.write_feedback(out, spec, results, scores)
+        feedback.write_feedback(out, spec, graded, scores)
     return paths
+
+
+def _valid_ids(root: Path) -> str:
+    from .release import discover_assignments
+
+    ids = discover_assignments(root)
+    return f"; valid assignments: {', '.join(ids)}" if ids else f"; no assignments in {root / 'solutions'}"
 
 
 def _error(message: str) -> int:
@@ -313,7 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 < args.similarity_threshold <= 1.0:
         p.error(f"--similarity-threshold must be in (0, 1]; got {args.similarity_threshold}")
     a, root = args.assignment, args.root
+    missing = [n for n, v in (("ASSIGNMENT", a), ("SUBMISSIONS", args.submissions)) if not v]
+    if missing:
+        return _error(f"missing {' and '.join(missing)}: python -m lmcourse grade ASSIGNMENT SUBMISSIONS "
+                      f"(make grade ASSIGNMENT=01-lm SUBMISSIONS=path/to/submissions)"
+                      + _valid_ids(root))
     source = args.source or root / "solutions" / a / f"{a}.ipynb"
+    if args.source is None and not source.is_file():
+        return _error(f"unknown assignment {a!r}: cannot read the source notebook {source} (no such file)" + _valid_ids(root))
     out: Path = args.out or root / "grading"
     try:
         check_bwrap()
@@ -323,14 +375,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_spec(a, source)
     except (OSError, ValueError, KeyError) as exc:
         return _error(f"cannot read the source notebook: {exc}")
-    if not args.submissions.is_dir():
-        return _error(f"SUBMISSIONS {args.submissions} is not a folder")
+    if not args.submissions.exists():
+        return _error(f"SUBMISSIONS {args.submissions} does not exist (give a folder, a zip or a notebook)")
+    if not (args.submissions.is_dir() or args.submissions.suffix.lower() in (".zip", ".ipynb")):
+        return _error(f"SUBMISSIONS {args.submissions} is not a folder, a zip or a notebook")
     devices = _devices(args.gpu)
     if args.gpu == "on" and not devices:
         return _error("--gpu on but no /dev/nvidia* device nodes here")
     cfg = _config(args, spec, source, out, devices)
-    subs = collect_submissions(args.submissions, a, out / ".work" / f"collect-{a}")
-    _copy_submitted(subs, out, a)
+    try:
+        subs = collect_submissions(args.submissions, a, out / ".work" / f"collect-{a}", args.duplicates)
+    except FileNotFoundError as exc:
+        return _error(str(exc))
     print(f"grading {len(subs)} submission(s) of {a} with {args.workers} worker(s); max score {spec.max_score:g}"
           + (f"; GPU devices {', '.join(devices)}" if devices else ""))
     t0 = time.monotonic()
@@ -338,9 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = _grade_all(subs, spec, cfg, args.workers)
     except SandboxUnavailable as exc:
         return _error(str(exc))
+    graded = {r.student for r in results if not r.refused}  # a refused notebook leaves no copy either
+    _copy_submitted([s for s in subs if s.student in graded], out, a)
     paths = _record(results, spec, cfg, root, not args.no_feedback,
                     None if args.no_similarity else args.similarity_threshold)
-    print(f"done in {time.monotonic() - t0:.1f} s: {paths['csv']}, {paths['summary']}, {paths['histogram']}"
+    print(f"done in {time.monotonic() - t0:.1f} s: {paths['csv']}, {paths['summary']}, {paths['histogram']}, {paths['course']}"
           + (f", {paths['similarity']}" if "similarity" in paths else "")
           + ("" if args.no_feedback else f", feedback in {out / 'feedback'}"))
     return 0

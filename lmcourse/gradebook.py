@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 
 from .model import AssignmentSpec, SubmissionResult, cell_text
 
-__all__ = ["ensure_assignment", "course_id", "write_gradebook", "gradebook_scores"]
+__all__ = ["ensure_assignment", "course_id", "write_gradebook", "gradebook_scores", "graded_students",
+           "course_scores", "remove_submissions"]
 
 
 def _venv_on_path() -> None:
@@ -87,6 +88,8 @@ def write_gradebook(db_url: str, spec: AssignmentSpec, results: Sequence[Submiss
         warnings.simplefilter("ignore")
         ensure_assignment(gb, spec)
         for r in results:
+            if getattr(r, "refused", None):
+                continue  # refused submissions leave no trace in the gradebook
             gb.update_or_create_student(r.student)
             gb.update_or_create_submission(a, r.student)
             for p in r.parts:
@@ -107,3 +110,54 @@ def gradebook_scores(db_url: str, assignment: str, students: Iterable[str],
             nbsub = gb.find_submission_notebook(assignment, assignment, s)
             out[s] = {g.name: (float(g.score or 0.0), float(g.max_score or 0.0)) for g in nbsub.grades}
     return out
+
+
+def graded_students(db_url: str, assignment: str, course: str = "default_course") -> list[str]:
+    """Every student with a submission of ``assignment`` in the gradebook (all batches), sorted."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    _venv_on_path()
+    with Gradebook(db_url, course_id=course) as gb:
+        try:
+            return sorted(s.student.id for s in gb.find_assignment(assignment).submissions)
+        except MissingEntry:
+            return []
+
+
+def course_scores(db_url: str, course: str = "default_course") -> tuple[list[str], dict[str, dict[str, float]], dict[str, float]]:
+    """(assignment ids, ``{student: {assignment: score}}``, ``{assignment: max_score}``) over the
+    whole gradebook; scores as nbgrader totals them (manual overrides auto)."""
+    from nbgrader.api import Gradebook
+
+    _venv_on_path()
+    table: dict[str, dict[str, float]] = {}
+    maxes: dict[str, float] = {}
+    with Gradebook(db_url, course_id=course) as gb:
+        assignments = sorted(a.name for a in gb.assignments)
+        for a in assignments:
+            assignment = gb.find_assignment(a)
+            maxes[a] = float(assignment.max_score or 0.0)
+            for sub in assignment.submissions:
+                table.setdefault(sub.student.id, {})[a] = min(max(float(sub.score or 0.0), 0.0), maxes[a])
+    return assignments, table, maxes
+
+
+def remove_submissions(db_url: str, assignment: str, students: Sequence[str] | None,
+                       course: str = "default_course") -> list[str]:
+    """Delete the gradebook rows of ``assignment`` for ``students`` (None: every student); a
+    student left with no submission at all is deleted too. Returns the students removed."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    _venv_on_path()
+    removed = []
+    with Gradebook(db_url, course_id=course) as gb:
+        try:
+            present = sorted(s.student.id for s in gb.find_assignment(assignment).submissions)
+        except MissingEntry:
+            return []
+        for s in present if students is None else [s for s in students if s in present]:
+            gb.remove_submission(assignment, s)
+            removed.append(s)
+            if not gb.find_student(s).submissions:
+                gb.remove_student(s)
+    return removed

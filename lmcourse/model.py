@@ -8,6 +8,7 @@ parent and its worker processes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ __all__ = [
     "load_spec",
     "nbgrader_meta",
     "cell_text",
+    "released_text",
+    "same_text",
 ]
 
 
@@ -41,6 +44,7 @@ class GradeConfig:
     data_dir: Path | None = None  # LMLIB_CACHE bound read-only (course data, models)
     keep_scratch: bool = False
     devices: tuple[str, ...] = ()  # device nodes bound into the sandbox (GPU grading)
+    others: dict[str, frozenset[str]] = field(default_factory=dict)  # assignment -> its grade_ids
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Submission:
     origin: str = ""  # where it came from (for messages)
     problems: list[str] = field(default_factory=list)  # collection notes (e.g. several notebooks)
     fatal: str | None = None  # no gradable notebook: every part scores 0 with this reason
+    refused: str | None = None  # not graded at all and nothing recorded (duplicate, wrong assignment)
+    timestamp: float = 0.0  # when it was submitted (LMS name, zip entry or file time; POSIX seconds)
 
 
 @dataclass
@@ -74,6 +80,7 @@ class SubmissionResult:
     messages: list[str]  # one line each: "<student>, <assignment>, <cell>: <reason>"
     executed: dict | None = None  # the rebuilt notebook with outputs (for feedback)
     wall_s: float = 0.0
+    refused: str | None = None  # not graded, nothing recorded in the gradebook (with this reason)
 
     @property
     def score(self) -> float:
@@ -102,6 +109,7 @@ class AssignmentSpec:
     by_id: dict[str, dict]  # grade_id -> source cell
     order: list[str]  # grade_ids in source order
     reference: tuple[str, ...]
+    released: dict[str, str] = field(default_factory=dict)  # grade_id -> the student version's source
 
     @property
     def max_score(self) -> float:
@@ -122,6 +130,43 @@ def cell_text(cell: dict) -> str:
     if isinstance(s, list):
         return "".join(x if isinstance(x, str) else str(x) for x in s)
     return s if isinstance(s, str) else ""
+
+
+_SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION[ \t]*\n.*?^[ \t]*### END SOLUTION[ \t]*$", re.S | re.M)
+_HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS[ \t]*(\n|\Z)", re.S | re.M)
+
+
+def released_text(text: str) -> str:
+    """A source cell's text as ``release`` gives it to students: solution regions become the
+    ``# YOUR CODE HERE`` / ``raise NotImplementedError()`` stub, hidden-test blocks are removed
+    (what nbgrader's ClearSolutions / ClearHiddenTests do)."""
+    text = _SOLUTION.sub(lambda m: f"{m.group(1)}# YOUR CODE HERE\n{m.group(1)}raise NotImplementedError()", text)
+    return _HIDDEN_BLOCK.sub("", text)
+
+
+def same_text(a: str, b: str) -> bool:
+    """Equal up to trailing whitespace on lines and blank lines at the ends (what editors and
+    nbgrader's own cell clearing change without anyone editing a cell)."""
+    norm = lambda t: "\n".join(line.rstrip() for line in t.strip("\n").splitlines()).strip()  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _released_sources(assignment: str, source: Path, nb: dict) -> dict[str, str]:
+    """grade_id -> the student version of each nbgrader cell: from ``exercises/<id>/<id>.ipynb``
+    when the source sits in ``solutions/<id>/`` of a course with a release, else cleared here."""
+    from .notebook import nbgrader_cells
+
+    out = {c.grade_id: released_text(c.source) for c in nbgrader_cells(nb)}
+    released = source.resolve().parents[2] / "exercises" / assignment / f"{assignment}.ipynb" \
+        if len(source.resolve().parents) > 2 else None
+    if released is not None and released.is_file():
+        try:
+            for c in nbgrader_cells(json.loads(released.read_text(encoding="utf-8"))):
+                if c.grade_id in out:
+                    out[c.grade_id] = c.source
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def load_spec(assignment: str, source: Path) -> AssignmentSpec:
@@ -154,4 +199,5 @@ def load_spec(assignment: str, source: Path) -> AssignmentSpec:
             locked.append(c.grade_id)
     if not tests:
         raise ValueError(f"{source}: no autograded test cells")
-    return AssignmentSpec(assignment, nb, tests, answers, locked, by_id, order, tuple(sorted(refs)))
+    return AssignmentSpec(assignment, nb, tests, answers, locked, by_id, order, tuple(sorted(refs)),
+                          _released_sources(assignment, source, nb))

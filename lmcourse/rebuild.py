@@ -16,9 +16,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import AssignmentSpec, cell_text, nbgrader_meta
+from .model import AssignmentSpec, cell_text, nbgrader_meta, released_text, same_text
 
-__all__ = ["Rebuilt", "rebuild_notebook", "draw_inputs"]
+__all__ = ["Rebuilt", "rebuild_notebook", "draw_inputs", "not_attempted", "foreign_assignment"]
 
 _CELL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -122,7 +122,10 @@ class _Builder:
 
     def _locked_cell(self, gid: str, cell: dict) -> dict:
         src_cell = self.spec.by_id[gid]
-        if cell_text(cell) != cell_text(src_cell):
+        text = cell_text(cell)
+        # a student has the released cell (hidden tests stripped), never the source's
+        released = self.spec.released.get(gid, released_text(cell_text(src_cell)))
+        if not (same_text(text, released) or same_text(text, cell_text(src_cell))):
             self.notes.append((gid, f"edited {self.kind(gid)} cell: restored from the instructor's version"))
         elif cell.get("cell_type") != src_cell.get("cell_type"):
             self.notes.append((gid, f"cell type changed to {cell.get('cell_type')}: restored"))
@@ -209,3 +212,32 @@ def draw_inputs(spec: AssignmentSpec, io_dir: Path, secret: str) -> dict[str, di
                 inputs[cid] = generate_inputs(cid, secret=secret)
                 write_inputs(io_dir, cid, inputs[cid])
     return inputs
+
+
+def not_attempted(student_nb: dict, spec: AssignmentSpec) -> bool:
+    """True for an untouched release notebook: every answer cell still holds the released stub
+    (or is gone) and the student added no code cell of their own with anything in it."""
+    for cell in student_nb.get("cells", []):
+        if not isinstance(cell, dict):
+            continue
+        meta = nbgrader_meta(cell)
+        gid = meta["grade_id"] if meta else None
+        if gid in spec.answers:
+            if not same_text(cell_text(cell), spec.released.get(gid, "")):
+                return False
+        elif gid not in spec.by_id and cell.get("cell_type") == "code" and cell_text(cell).strip():
+            return False
+    return True
+
+
+def foreign_assignment(student_nb: dict, spec: AssignmentSpec,
+                       others: dict[str, frozenset[str]]) -> str | None:
+    """If the notebook's nbgrader grade_ids are mostly not this assignment's, why (naming the
+    assignment whose ids they match best, from ``others``: id -> its grade_ids); else None."""
+    ids = {m["grade_id"] for c in student_nb.get("cells", []) if isinstance(c, dict) and (m := nbgrader_meta(c))}
+    if not ids or 2 * len(ids & set(spec.by_id)) > len(ids):
+        return None
+    best = max(((len(ids & g), a) for a, g in others.items() if a != spec.assignment), default=(0, ""))
+    where = f"it seems to be {best[1]}" if best[0] else "its cells match no assignment of this course"
+    return (f"this notebook is not {spec.assignment}: {len(ids - set(spec.by_id))} of its {len(ids)} "
+            f"graded cells are not in {spec.assignment} ({where}); not graded, nothing recorded")
