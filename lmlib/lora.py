@@ -1,4 +1,4 @@
-"""LoRA: low-rank adaptation of a frozen linear layer (Chapter 6.2, post-training).
+"""LoRA: low-rank adaptation of a frozen linear layer (post-training).
 
 Hu et al., 2021, *LoRA: Low-Rank Adaptation of Large Language Models*, arXiv:2106.09685.
 Fine-tuning changes a pretrained weight ``W`` (out, in) by some ``ΔW``; LoRA bets that the
@@ -34,7 +34,7 @@ __all__ = ["LoRALinear", "apply_lora", "merge_lora", "count_parameters", "parame
 
 
 class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update (Chapter 6.2, post-training).
+    """A frozen ``nn.Linear`` plus a trainable low-rank update (post-training).
 
     Args:
         base: the pretrained layer, ``in_features -> out_features``. Its parameters are set to
@@ -126,7 +126,7 @@ def apply_lora(
     """Freeze ``model`` and wrap the chosen ``nn.Linear`` layers in :class:`LoRALinear`, in place.
 
     Every parameter of the model is frozen (``requires_grad=False``); only the new ``lora_A``
-    and ``lora_B`` train, as in peft with ``bias="none"`` (Chapter 6.2, post-training).
+    and ``lora_B`` train, as in peft with ``bias="none"`` (post-training).
 
     Args:
         model: any module; its ``nn.Linear`` children are replaced in place.
@@ -163,7 +163,7 @@ def apply_lora(
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every :class:`LoRALinear` in ``model`` by its merged ``nn.Linear``, in place.
 
-    Returns ``model`` (Chapter 6.2, post-training): after merging, the model has exactly the
+    Returns ``model`` (post-training): after merging, the model has exactly the
     architecture it had before :func:`apply_lora`, with updated weights.
     """
     check_type("model", model, nn.Module)
@@ -176,7 +176,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` numbers of parameters of ``model`` (Chapter 6.2, post-training).
+    """``(trainable, total)`` numbers of parameters of ``model`` (post-training).
 
     A parameter shared by several modules (tied embeddings) is counted once, as
     ``model.parameters()`` yields it once.

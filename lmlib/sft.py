@@ -1,4 +1,4 @@
-"""Supervised fine-tuning data: chat formatting and response-only loss masks (Chapter 6.1, post-training).
+"""Supervised fine-tuning data: chat formatting and response-only loss masks (post-training).
 
 **Supervised fine-tuning (监督微调, SFT)** trains a pretrained LM on conversations written
 the way it should answer (Ouyang et al., 2022, arXiv:2203.02155, step 1). A conversation is
@@ -72,7 +72,7 @@ class SimpleChatTemplate:
 
 @dataclass
 class SFTExample:
-    """One tokenised conversation (Chapter 6.1)."""
+    """One tokenised conversation (post-training)."""
 
     input_ids: torch.Tensor  # (T,) long
     mask: torch.Tensor  # (T,) bool: True on assistant-response tokens (incl. the end-of-turn token)
@@ -81,7 +81,7 @@ class SFTExample:
 
 
 def response_only_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Which tokens belong to the response spans (Chapter 6.1, post-training).
+    """Which tokens belong to the response spans (post-training).
 
     Args:
         offsets: per token, its ``(start, end)`` character span in the rendered text (a fast
@@ -106,7 +106,7 @@ def response_only_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple
 
 
 def sft_labels(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``input_ids`` where ``mask`` is True, :data:`IGNORE_INDEX` (-100) elsewhere (Chapter 6.1).
+    """``input_ids`` where ``mask`` is True, :data:`IGNORE_INDEX` (-100) elsewhere (post-training).
 
     Any shape; ``mask`` must match ``input_ids``. The result is what Hugging Face causal LMs
     take as ``labels=`` (they shift by one internally), or torch's
@@ -163,7 +163,7 @@ def build_sft_example(
     end_of_turn: str | None = None,
     max_length: int | None = None,
 ) -> SFTExample:
-    """Tokenise a conversation and mark its assistant-response tokens (Chapter 6.1, post-training).
+    """Tokenise a conversation and mark its assistant-response tokens (post-training).
 
     Args:
         tokenizer: a ``transformers`` fast tokenizer with a chat template (SmolLM2's, from

@@ -1,4 +1,4 @@
-"""Tests for lmlib.verifiable: the addition task, its verifier, and the GRPO loop (Chapters 6.3-6.4)."""
+"""Tests for lmlib.verifiable: the addition task, its verifier, and the GRPO loop (Chapters 5.6-5.7)."""
 
 from __future__ import annotations
 

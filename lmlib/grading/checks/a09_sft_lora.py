@@ -1,4 +1,4 @@
-"""Checks of assignment 09-sft-lora (chapters 6.1 and 6.2, post-training): SFT labels with a
+"""Checks of assignment 09-sft-lora (post-training): SFT labels with a
 response-only loss mask, a LoRA layer (forward, zero start, merge), the trainable-parameter
 count after wrapping chosen layers, and a short LoRA-SFT run graded on a held-out loss.
 

@@ -1,0 +1,161 @@
+"""lmlib.instruct: the checkable instruction task, its split, padding and the SFT loss.
+
+The checker is compared with answers worked out by hand; the loss with torch's
+cross-entropy computed on hand-picked response positions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlib.instruct import (
+    TASKS,
+    answer_for,
+    exact_match,
+    make_instruction_splits,
+    sft_batch,
+    sft_loss,
+    sft_train,
+    tokenize_instructions,
+    wilson_interval,
+)
+from lmlib.model import GPT, GPTConfig
+from lmlib.sft import SimpleChatTemplate
+from lmlib.tokenize import CharTokenizer
+
+TOK = CharTokenizer.from_text("\n :ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+@pytest.mark.parametrize(
+    "prompt, answer",
+    [
+        ("reverse: abc", "cba"),
+        ("reverse: level", "level"),
+        ("upper: banana", "BANANA"),
+        ("count a: banana", "3"),
+        ("count n: banana", "2"),
+        ("count z: banana", "0"),
+        ("count q: q", "1"),
+    ],
+)
+def test_answer_for_hand_examples(prompt, answer):
+    assert answer_for(prompt) == answer
+    assert exact_match(prompt, " " + answer + " ")
+
+
+def test_exact_match_rejects_near_misses():
+    assert not exact_match("reverse: abc", "cb")
+    assert not exact_match("upper: abc", "abc")
+    assert not exact_match("count a: banana", "03")
+
+
+@pytest.mark.parametrize("prompt", ["reverse abc", "upper: ABC", "count: abc", "count ab: abc", "shout: abc",
+                                    "reverse: ", "reverse: ab1"])
+def test_answer_for_bad_prompts(prompt):
+    with pytest.raises(ValueError, match="prompt"):
+        answer_for(prompt)
+
+
+def test_answer_for_type():
+    with pytest.raises(TypeError, match="prompt"):
+        answer_for(3)
+
+
+def test_splits_are_disjoint_and_correct():
+    train, held = make_instruction_splits(2000, 300, seed=1)
+    assert len(train) == 2000 and len(held) == 300
+    train_words, held_words = {e.word for e in train}, {e.word for e in held}
+    assert not train_words & held_words
+    assert not {e.prompt for e in train} & {e.prompt for e in held}
+    for e in held[:50]:  # an independent check of the stored answers
+        if e.task == "reverse":
+            assert e.answer == "".join(reversed(e.word))
+        elif e.task == "upper":
+            assert e.answer == e.word.upper()
+        else:
+            letter = e.prompt[6]
+            assert e.answer == str(sum(ch == letter for ch in e.word))
+    assert {e.task for e in train} == set(TASKS)
+    assert all(e.word in e.prompt for e in train)
+
+
+def test_splits_deterministic_and_seeded():
+    a = make_instruction_splits(50, 20, seed=3)
+    assert a == make_instruction_splits(50, 20, seed=3)
+    assert a != make_instruction_splits(50, 20, seed=4)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"n_train": 0}, "n_train"), ({"heldout_word_fraction": 1.0}, "heldout_word_fraction"),
+                                           ({"min_len": 4, "max_len": 3}, "max_len"), ({"n_words": 1000, "max_len": 1, "min_len": 1}, "n_words")])
+def test_splits_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_instruction_splits(**{"n_train": 10, "n_heldout": 5, **kwargs})
+
+
+def test_mask_covers_exactly_the_response():
+    train, _ = make_instruction_splits(20, 5, seed=0)
+    template = SimpleChatTemplate()
+    for inst, ex in zip(train, tokenize_instructions(TOK, train)):
+        prompt_text = f"User: {inst.prompt}\nAssistant: "
+        assert TOK.decode(ex.input_ids.tolist()) == prompt_text + inst.answer + "\n"
+        n = len(prompt_text)  # one character per token
+        assert not ex.mask[:n].any()
+        assert ex.mask[n:].all()
+        assert TOK.decode(ex.input_ids[ex.mask].tolist()) == inst.answer + template.end_of_turn
+
+
+def test_sft_batch_pads_and_masks():
+    train, _ = make_instruction_splits(2, 1, seed=0)
+    exs = tokenize_instructions(TOK, train)
+    ids, resp, real = sft_batch(exs, pad_id=0)
+    lens = [len(e.input_ids) for e in exs]
+    assert ids.shape == resp.shape == real.shape == (2, max(lens))
+    for i, n in enumerate(lens):
+        assert torch.equal(ids[i, :n], exs[i].input_ids) and (ids[i, n:] == 0).all()
+        assert torch.equal(resp[i, :n], exs[i].mask) and not resp[i, n:].any()
+        assert not real[i, 0] and real[i, 1:n].all() and not real[i, n:].any()
+    with pytest.raises(ValueError, match="examples"):
+        sft_batch([])
+
+
+def test_sft_loss_matches_torch_on_response_positions():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).eval()
+    train, _ = make_instruction_splits(3, 1, seed=0)
+    ids, resp, _ = sft_batch(tokenize_instructions(TOK, train))
+    logits, _ = model(ids[:, :-1])  # (B, T-1, V)
+    rows, cols = torch.nonzero(resp[:, 1:], as_tuple=True)  # label positions t+1 predicted at t
+    want = F.cross_entropy(logits[rows, cols], ids[rows, cols + 1])
+    torch.testing.assert_close(sft_loss(model, ids, resp), want)
+
+
+def test_sft_train_lowers_the_response_loss():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
+    train, _ = make_instruction_splits(64, 1, seed=0)
+    exs = tokenize_instructions(TOK, train)
+    ids, resp, _ = sft_batch(exs)
+    with torch.no_grad():
+        before = sft_loss(model.eval(), ids, resp).item()
+    losses = sft_train(model, exs, steps=40, batch_size=16, lr=3e-3)
+    with torch.no_grad():
+        after = sft_loss(model, ids, resp).item()
+    assert len(losses) == 40 and after < before - 0.5
+    with pytest.raises(ValueError, match="steps"):
+        sft_train(model, exs, steps=0)
+
+
+@pytest.mark.parametrize("k, n, low, high", [(8, 10, 0.4902, 0.9433), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0)])
+def test_wilson_interval_hand_values(k, n, low, high):
+    # worked by hand from Wilson's formula with z = 1.96 (8/10: centre 0.7168, half-width 0.2266)
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_interval_bad_input():
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError, match="n"):
+        wilson_interval(0, 0)
