@@ -197,7 +197,7 @@ def test_the_untrained_model_does_not_reach_the_sft_threshold():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("secret", ["a", "b", "c"])
+@pytest.mark.parametrize("secret", ["a", "b", "c", "d", "e", "f"])
 def test_the_solution_reaches_the_sft_threshold_for_other_secrets(secret):
     """Other secrets (other models, maps and seeds) than the local one: the threshold is reliable."""
     from lmlib.grading import evaluate, get_check, to_plain
@@ -206,6 +206,21 @@ def test_the_solution_reaches_the_sft_threshold_for_other_secrets(secret):
     inputs = generate_inputs(cid, secret=secret)
     result = get_check(cid).run(solution(AID)["sft_lora"], inputs)
     ok, msg = evaluate(cid, inputs, {"status": "ok", "output": to_plain(result)})
+    assert ok, msg
+
+
+def test_the_sft_grade_does_not_depend_on_what_the_notebook_drew_before():
+    """The adapters' init draws from the global generator; whatever the student's notebook drew
+    before the check (here: two different global seeds), the graded run's weights are identical."""
+    from lmlib.grading import get_check
+
+    cid = "09-sft-lora/sft-train"
+    inputs = generate_inputs(cid, secret="test-secret")
+    results = []
+    for seed in (0, 12345):
+        torch.manual_seed(seed)
+        results.append(get_check(cid).run(solution(AID)["sft_lora"], inputs))
+    ok, msg = compare_plain(results[0], results[1], rtol=0, atol=0)
     assert ok, msg
 
 

@@ -217,7 +217,7 @@ def _make_gpt(config: dict, seed: int, scale: float = 1.0) -> Any:
 
     ``scale`` multiplies every weight matrix. The training check's base model uses
     :data:`BASE_SCALE`: at GPT-2's initialisation (std 0.02) attention is uniform and the
-    residual stream nearly empty, a base from which a rank-4 adapter learns little in 150
+    residual stream nearly empty, a base from which a rank-4 adapter learns little in 200
     steps; larger random weights stand in for a pretrained model's sharp features."""
     import torch
 
@@ -304,7 +304,10 @@ class CountParamsHidden(_CountCheck):
 #: the graded run: the model, the letters of the task, the budget, and the loss to reach
 TRAIN_CONFIG = {"vocab_size": 16, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "bias": True}
 TASK_LETTERS = 12  # questions and answers are letters 0..11 of the vocabulary; the map is secret
-TRAIN_STEPS, TRAIN_BATCH, TRAIN_LR, LORA_R, LORA_ALPHA = 150, 32, 2e-2, 4, 8.0
+#: lr 1e-2, 200 steps: over 200 random (secret, adapter init) pairs the reference's answer loss
+#: stayed <= 0.13 nats; at lr 2e-2 and 150 steps about 1 run in 40 spiked above 1.6 (unfair to a
+#: correct answer whose adapter init was unlucky)
+TRAIN_STEPS, TRAIN_BATCH, TRAIN_LR, LORA_R, LORA_ALPHA = 200, 32, 1e-2, 4, 8.0
 TARGETS = ["c_attn", "c_fc", "mlp.c_proj"]
 #: mean NLL (nats) of the answer token on held-out conversations; guessing a letter: ln 12 = 2.48
 ANSWER_LOSS_THRESHOLD = 0.5
@@ -338,9 +341,16 @@ class _TrainCheck(Check):
             c = inputs["case"]
             model = _make_gpt(c["config"], c["seed"], BASE_SCALE).to(device())
             ids, mask = tensor(c["ids"], torch.long), tensor(c["mask"], torch.bool)
-            merged = answer(model, ids, mask, steps=int(c["steps"]), batch_size=int(c["batch_size"]),
-                            lr=float(c["lr"]), r=int(c["r"]), alpha=float(c["alpha"]), targets=list(c["targets"]),
-                            generator=torch.Generator().manual_seed(int(c["gen_seed"])))
+            # the adapters' initialisation draws from the global generator: seed it, so that the
+            # grade does not depend on what the notebook drew before (re-grades stay identical)
+            dev = device()
+            cuda = [dev.index or 0] if dev.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(int(c["gen_seed"]))  # seeds the CPU and CUDA generators
+                merged = answer(model, ids, mask, steps=int(c["steps"]), batch_size=int(c["batch_size"]),
+                                lr=float(c["lr"]), r=int(c["r"]), alpha=float(c["alpha"]),
+                                targets=list(c["targets"]),
+                                generator=torch.Generator().manual_seed(int(c["gen_seed"])))
             return {k: to_plain(v) for k, v in merged.state_dict().items()}
         finally:
             torch.set_num_threads(threads)
