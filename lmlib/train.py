@@ -54,7 +54,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from lmlib._validate import check_float, check_int
+from lmlib._validate import check_choice, check_float, check_int
 from lmlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "TrainResult",
     "get_batch",
     "estimate_loss",
+    "split_loss",
     "cosine_lr",
     "train",
     "plot_losses",
@@ -89,6 +90,7 @@ class TrainConfig:
     batch_size: int = 64  # sequences per micro-batch in each process
     block_size: int | None = None  # T, tokens per training sequence; None = the model's block_size
     grad_accum_steps: int = 1  # micro-batches summed into one update (a larger effective batch)
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon on the hidden matrices, AdamW on the rest (4.6)
     lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
     min_lr: float = 1e-4  # the cosine decays to this (nanoGPT: lr / 10)
     warmup_steps: int = 100  # linear warm-up from lr/(warmup+1) to lr
@@ -119,6 +121,7 @@ class TrainConfig:
             if getattr(self, name) is not None:  # None = the default documented above
                 check_int(f"TrainConfig.{name}", getattr(self, name), min=1)
         # real, finite numbers only: a NaN would silently turn every update into NaN
+        check_choice("TrainConfig.optimizer", self.optimizer, ("adamw", "muon"))
         check_float("TrainConfig.lr", self.lr, min=0, min_inclusive=False)
         check_float("TrainConfig.min_lr", self.min_lr, min=0, max=self.lr)
         check_float("TrainConfig.weight_decay", self.weight_decay, min=0)
@@ -286,6 +289,52 @@ def estimate_loss(
         model.train(was_training)
 
 
+@torch.no_grad()
+def split_loss(
+    model: nn.Module,
+    data: torch.Tensor | Sequence[int],
+    *,
+    block_size: int | None = None,
+    batch_size: int = 256,
+) -> float:
+    """Mean cross-entropy (nats per token) over *every* position of ``data`` (chapter 5.2).
+
+    ``data`` (1-D ids) is cut into consecutive windows of ``T = block_size`` inputs (the last,
+    shorter window included), so each target is predicted from the earlier tokens of its window,
+    0 to T-1 of them: the same contexts as :func:`estimate_loss`'s random windows, but every
+    token of the split counted once, with no sampling noise. ``len(data) - 1`` targets in all.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    T = block_size if block_size is not None else getattr(getattr(model, "config", None), "block_size", None)
+    if T is None:
+        raise ValueError("block_size is required when the model has no config.block_size")
+    check_int("block_size", T, min=1)
+    check_int("batch_size", batch_size, min=1)
+    data = torch.as_tensor(data, dtype=torch.long).view(-1)
+    if data.numel() < 2:
+        raise ValueError(f"data needs at least 2 tokens (one target), got {data.numel()}")
+    device = next(model.parameters()).device
+    n = data.numel() - 1  # targets
+    full = n // T
+    was_training = model.training
+    model.eval()
+    try:
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        x = data[: full * T].view(full, T)  # (N, T) inputs
+        y = data[1 : full * T + 1].view(full, T)  # (N, T) targets, shifted by one
+        pieces = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, full, batch_size)]
+        if n > full * T:  # the shorter last window
+            pieces.append((data[full * T : n].view(1, -1), data[full * T + 1 :].view(1, -1)))
+        for xb, yb in pieces:
+            logits, _ = model(xb.to(device))  # (b, t, V)
+            total += nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).double(), yb.to(device).reshape(-1), reduction="sum")
+        return float(total) / n
+    finally:
+        model.train(was_training)
+
+
 # --------------------------------------------------------------------------- schedule
 
 
@@ -441,7 +490,13 @@ def _setup_run(
     train_data, val_data = (d.to(device) for d in data)
     if optimizer is None:
         betas = (config.beta1, config.beta2)
-        if hasattr(model, "configure_optimizers"):
+        if config.optimizer == "muon":
+            from lmlib.optim import MuonWithAuxAdamW
+
+            # Newton-Schulz in float32 on a CPU (bfloat16 matmuls are slower there), bf16 elsewhere
+            ns = {"ns_dtype": None} if device.type == "cpu" else {}
+            optimizer = MuonWithAuxAdamW(model, lr=config.lr, weight_decay=config.weight_decay, betas=betas, **ns)
+        elif hasattr(model, "configure_optimizers"):
             optimizer = model.configure_optimizers(config.weight_decay, config.lr, betas, device.type)
         else:
             optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas,
@@ -801,8 +856,8 @@ def plot_losses(result: TrainResult, *, ax: Any = None, smooth: int = 20, title:
 #: Recipes for the character-level Shakespeare GPT: (GPTConfig kwargs, TrainConfig kwargs).
 #: The single source of the command line's defaults (``python -m lmlib.train`` and
 #: ``benchmarks/train_gpt.py``): a flag that is not given keeps the preset's value.
-#: ``gpu`` is nanoGPT's ``config/train_shakespeare_char.py``; ``cpu`` is the small recipe of
-#: chapter 5.2 (see benchmarks/README.md for its measured time and loss); ``tiny`` is a
+#: ``gpu`` is nanoGPT's ``config/train_shakespeare_char.py`` (AdamW); ``cpu`` is the small
+#: Muon recipe of chapter 5.2 (see benchmarks/README.md for its measured time and loss); ``tiny`` is a
 #: seconds-long smoke test. All use PyTorch's fused attention kernel (``sdpa``, the same
 #: function as lmlib's written-out attention, chapter 5.1, but faster).
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -813,8 +868,10 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "cpu": (
         dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, attn_impl="sdpa"),
-        dict(batch_size=32, max_steps=600, lr=3e-3, min_lr=3e-4, warmup_steps=50, beta2=0.99,
-             weight_decay=0.1, grad_clip=1.0, eval_interval=100, eval_iters=10),
+        # Muon (hidden matrices) + AdamW (the rest), lr 3e-2: on 2 cores, 1,500 steps reached a
+        # whole-split val loss of 1.61 (AdamW at its best lr 3e-3: 1.71); see benchmarks/README.md
+        dict(optimizer="muon", batch_size=32, max_steps=1500, lr=3e-2, min_lr=3e-3, warmup_steps=50,
+             beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=10),
     ),
     "tiny": (
         dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, attn_impl="sdpa"),
@@ -850,6 +907,7 @@ def preset(name: str, vocab_size: int, **overrides: Any):
 #: the flags that override a preset's field of the same name (None = keep the preset's value)
 _CONFIG_FLAGS: list[tuple[str, type]] = [
     ("n_layer", int), ("n_head", int), ("n_embd", int), ("dropout", float), ("max_steps", int), ("batch_size", int),
+    ("optimizer", str),
     ("block_size", int), ("grad_accum_steps", int), ("lr", float), ("min_lr", float), ("warmup_steps", int),
     ("weight_decay", float), ("grad_clip", float), ("eval_interval", int), ("eval_iters", int), ("seed", int),
     ("device", str), ("out_dir", str), ("checkpoint_interval", int),

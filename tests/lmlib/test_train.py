@@ -28,6 +28,7 @@ from lmlib.train import (
     main,
     plot_losses,
     preset,
+    split_loss,
     train,
 )
 
@@ -217,6 +218,53 @@ def test_train_equals_a_hand_written_pytorch_loop() -> None:
         assert torch.allclose(a, b, atol=1e-5), n
 
 
+def test_optimizer_muon_is_muon_on_hidden_matrices_and_adamw_on_the_rest() -> None:
+    """``optimizer="muon"`` trains exactly like passing ``MuonWithAuxAdamW`` in (Newton-Schulz in
+    float32 on the CPU; that optimizer equals torch.optim.Muon + torch.optim.AdamW, see
+    test_optim.py), with Muon on the blocks' 2-D weights only, and differs from AdamW."""
+    from lmlib.optim import MuonWithAuxAdamW
+
+    data = _pattern_data()
+    cfg = _cfg(max_steps=6, optimizer="muon", lr=2e-2, min_lr=2e-3, seed=3, eval_interval=0)
+    ours = _model()
+    res = train(ours, data[:2500], data[2500:], cfg)
+    ref = _model()
+    opt = MuonWithAuxAdamW(ref, lr=2e-2, weight_decay=0.1, betas=(0.9, 0.99), ns_dtype=None)
+    muon_ids = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
+    names = {n for n, p in ref.named_parameters() if id(p) in muon_ids}
+    assert names == {n for n, p in ref.named_parameters() if p.dim() == 2 and n.startswith("transformer.h.")}
+    explicit = train(ref, data[:2500], data[2500:], _cfg(max_steps=6, lr=2e-2, min_lr=2e-3, seed=3, eval_interval=0),
+                     optimizer=opt)
+    assert res.train_losses == explicit.train_losses
+    for (n, a), b in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.equal(a, b), n
+    adamw = train(_model(), data[:2500], data[2500:], _cfg(max_steps=6, lr=2e-2, min_lr=2e-3, seed=3, eval_interval=0))
+    assert adamw.train_losses[-1] != res.train_losses[-1]
+    with pytest.raises(ValueError, match="optimizer"):
+        _cfg(optimizer="sgd")
+
+
+def test_split_loss_scores_every_position_like_a_per_token_loop() -> None:
+    """Every target of the split once: the mean of -log p(data[t+1] | its window), written out."""
+    data = _pattern_data(203)  # 202 targets: 12 windows of 16 and a last one of 10
+    model = _model(seed=1)
+    model.train()
+    nll = []
+    with torch.no_grad():
+        for start in range(0, 202, 16):
+            x = data[start : min(start + 16, 202)]
+            logp = torch.log_softmax(model.eval()(x[None])[0][0].double(), -1)  # (t, V)
+            nll += [-logp[i, data[start + i + 1]].item() for i in range(len(x))]
+    model.train()
+    got = split_loss(model, data, batch_size=5)
+    assert got == pytest.approx(sum(nll) / len(nll), rel=1e-9) and len(nll) == 202
+    assert model.training  # the mode is restored
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        split_loss(model, data[:1])
+    with pytest.raises(ValueError, match="block_size"):
+        split_loss(torch.nn.Linear(2, 2), data)
+
+
 def test_train_learns_a_pattern_and_records_evaluations() -> None:
     data = _pattern_data()
     model = _model()
@@ -394,13 +442,14 @@ def test_plot_losses() -> None:
 
 def test_ddp_two_processes_match_single_process_training(tmp_path) -> None:
     """torchrun --nproc_per_node 2 (gloo): each rank draws its half of the global batch;
-    the averaged gradients give the same parameters as one process with batch 2 B."""
+    the averaged gradients give the same parameters as one process with batch 2 B (with the
+    CPU recipe's Muon + AdamW, which orthogonalises the averaged gradient)."""
     data = _pattern_data()
     torch.save({"train": data[:2500], "val": data[2500:], "vocab_size": V}, tmp_path / "data.pt")
     args = ["--data", str(tmp_path / "data.pt"), "--n-layer", "2", "--n-head", "2", "--n-embd", "16",
             "--block-size", "16", "--dropout", "0.0", "--max-steps", "6", "--warmup-steps", "2",
             "--lr", "3e-3", "--min-lr", "3e-4", "--grad-accum-steps", "2", "--eval-interval", "0",
-            "--eval-iters", "1", "--seed", "3", "--device", "cpu", "--no-progress"]
+            "--eval-iters", "1", "--seed", "3", "--device", "cpu", "--no-progress", "--optimizer", "muon"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lmlib.train", *args, "--batch-size", "2", "--out-dir", str(tmp_path / "ddp")]
@@ -414,7 +463,7 @@ def test_ddp_two_processes_match_single_process_training(tmp_path) -> None:
     single = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
     cfg = TrainConfig(max_steps=6, batch_size=4, block_size=16, warmup_steps=2, lr=3e-3, min_lr=3e-4,
                       grad_accum_steps=2, eval_interval=0, eval_iters=1, seed=3, device="cpu", progress=False,
-                      beta2=0.99, weight_decay=0.1, grad_clip=1.0)
+                      beta2=0.99, weight_decay=0.1, grad_clip=1.0, optimizer="muon")  # Muon after the all-reduce
     res = train(single, data[:2500], data[2500:], cfg)
     assert ckpt["result"]["train_losses"] == pytest.approx(res.train_losses, abs=1e-5)
     for name, p in single.state_dict().items():
