@@ -6,8 +6,8 @@ cells or outputs) must be a link -- ``[chapter 4.1](../04-math/attention.ipynb)`
 ``chapters [5.1](gpt-from-scratch.ipynb) and [5.2](train-gpt.ipynb)``, or a ``{doc}`` role --
 and the page the link opens must carry the number the text writes: "chapter N.M" goes to the
 page titled "N.M", "chapter N" to page "N" or, for a part with several pages, to one of its
-pages "N.x". A link whose text is just a number (the glossary's chapter column) is held to the
-same rule. So renumbering a page without updating its pointers fails here.
+pages "N.x". A link whose text is a number, or starts with one ("4.1" in the glossary's chapter
+column, "5.8 Preferences and DPO" in a guide), is held to the same rule. So renumbering a page without updating its pointers fails here.
 
 These read the sources only, no build.
 """
@@ -93,8 +93,9 @@ def chapter_pointer_problems(text: str, source: Path, number_of=page_number) -> 
     def check_link(m: re.Match) -> str:
         label, target = m.group(1), m.group(2)
         written = re.findall(rf"\b[Cc]hapters?\s+({NUMBER})(?![\d.]*\d)", label)
-        if not written and re.fullmatch(rf"\s*({NUMBER})\s*", label):
-            written = [label.strip()]
+        lead = re.match(rf"\s*({NUMBER})(?![\d.]*\d)(?:\s|$)", label)  # "4.1" or "4.1 Attention"
+        if not written and lead:
+            written = [lead.group(1)]
         if written:
             page = resolve(source, target)
             if len(set(written)) > 1:
@@ -165,6 +166,7 @@ def _problems(text: str) -> list[str]:
         "[chapter 4.1](no-such-page.ipynb)",
         "{doc}`chapter 3.2 <attention>`",  # a doc role to the wrong page
         "| softmax | {doc}`3.2 <attention>` |",  # a glossary row pointing to the wrong page
+        "{doc}`4.2 Multi-head attention <attention>`",  # a numbered title, the wrong page
         "[chapter 4](../06-applications/applications.ipynb)",  # part 4 is not page 6
     ],
 )
@@ -181,6 +183,7 @@ def test_the_checker_rejects_a_broken_pointer(text: str) -> None:
         "chapters [4.1](attention.ipynb)–[4.2](multi-head.ipynb)",
         "{doc}`Chapter 3.2 <../03-algorithms/training-loop>`",
         "| softmax | {doc}`4.1 <attention>` |",
+        "{doc}`4.2 Multi-head attention <multi-head>`",
         "[chapter 4](attention.ipynb) works through the mathematics",  # part 4 -> its page 4.1
         "Jurafsky & Martin, ch. 3; `chapter 4` in code is not prose",
     ],
