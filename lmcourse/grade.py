@@ -54,7 +54,7 @@ from .model import AssignmentSpec, GradeConfig, PartResult, Submission, Submissi
 from .rebuild import draw_inputs, foreign_assignment, not_attempted, rebuild_notebook
 from .sandbox import Limits, SandboxResult, SandboxUnavailable, check_bwrap, run_sandboxed
 from .similarity import THRESHOLD as SIMILARITY_THRESHOLD
-from .score import RunOutcome, executed_notebook, run_outcome, score_submission
+from .score import RunOutcome, executed_notebook, run_outcome, score_submission, syntax_errors
 from .stage import RUNNER, SANDBOX_ROOT, data_binds, gpu_devices, sandbox_env, stage_lmlib
 
 __all__ = ["main", "grade_submission", "grade_batch"]
@@ -150,7 +150,9 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
     if outcome.stop_reason:
         messages.append(_line(sub.student, a, "-", outcome.stop_reason + "; later cells did not run"))
     executed = executed_notebook(rebuilt.nb, outcome.done_cells)
-    parts = score_submission(spec, rebuilt, outcome, io_dir, inputs)
+    syntax = syntax_errors(spec, rebuilt, outcome)
+    messages += [_line(sub.student, a, e.cell, e.message()) for e in syntax]
+    parts = score_submission(spec, rebuilt, outcome, io_dir, inputs, syntax)
     messages += [_line(sub.student, a, p.grade_id, m) for p in parts for m in p.messages]
     if not cfg.keep_scratch:
         shutil.rmtree(work, ignore_errors=True)

@@ -188,7 +188,17 @@ def build_batch(root: Path) -> dict[str, float]:
     big["cells"].append({"cell_type": "code", "execution_count": 1, "metadata": {}, "source": "",
                          "outputs": [{"output_type": "stream", "name": "stdout", "text": "x" * (21 * 2**20)}]})
     write_nb(root / "quinn", big); exp["quinn"] = 0.0                            # oversized notebook
+    write_nb(root / "sybil", set_answer(sol, "perplexity-answer", SYNTAX_ERROR))  # does not compile
+    exp["sybil"] = exp["carol"]
     return exp
+
+
+SYNTAX_ERROR = "def perplexity(log_probs):\n    nll = -log_probs.mean(dim=-1)\n    return torch.exp(nll) +* 1\n"
+SYNTAX_LINES = [
+    "sybil, 01-lm, perplexity-answer: answer cell perplexity-answer: SyntaxError at line 3: invalid syntax (nothing in this cell ran)",
+    "sybil, 01-lm, perplexity-tests: 01-lm/perplexity: could not run because of the SyntaxError in answer cell perplexity-answer (line 3)",
+    "sybil, 01-lm, perplexity-hidden-tests: 01-lm/perplexity-edge: could not run because of the SyntaxError in answer cell perplexity-answer (line 3)",
+]
 
 
 def textwrap_noise() -> str:
@@ -254,9 +264,27 @@ def test_messages_name_student_cell_and_reason(graded):
         assert re.search(pattern, out), (pattern, out[-5000:])
     summary = (graded["out"] / f"{A}-summary.txt").read_text()
     assert "dave, 01-lm, -: invalid JSON" in summary
-    assert re.search(r"chain-rule-tests\s+2\s+[\d.]+\s+\d+/15", summary)
+    assert re.search(r"chain-rule-tests\s+2\s+[\d.]+\s+\d+/16", summary)
     # students who lost nothing get no failure lines for their parts
     assert not re.search(r"^\s*(alice|ivan|judy|peggy), ", out, re.M)
+
+
+def test_syntax_error_is_reported_where_it_is(graded):
+    """A syntax error in one answer cell: that cell is named with the line and Python's message
+    (console, summary, feedback), the tests that need it say why they could not run (not the
+    test cell's NameError), and every other part is graded as usual."""
+    lines = [l.strip() for l in graded["stdout"].splitlines() if l.strip().startswith("sybil, ")]
+    assert lines == SYNTAX_LINES, lines
+    pts = part_points(A)
+    row = graded["csv"]["sybil"]
+    for g, p in pts.items():
+        assert float(row[g]) == (0.0 if g.startswith("perplexity-") else p), (g, row)
+    summary = (graded["out"] / f"{A}-summary.txt").read_text()
+    text = html_text(graded["out"] / "feedback" / "sybil" / A / f"{A}.html")
+    for line in SYNTAX_LINES:
+        assert line in summary, line
+        assert line in text, line
+    assert "NameError" not in text  # the test cells' verdicts name the syntax error instead
 
 
 def test_histogram_and_autograded_copies(graded):
