@@ -265,6 +265,9 @@ def test_messages_name_student_cell_and_reason(graded):
     summary = (graded["out"] / f"{A}-summary.txt").read_text()
     assert "dave, 01-lm, -: invalid JSON" in summary
     assert re.search(r"chain-rule-tests\s+2\s+[\d.]+\s+\d+/16", summary)
+    # a blank notebook is one line, not a failure per check
+    assert [l.strip() for l in out.splitlines() if l.strip().startswith("bob, ")] == [
+        "bob, 01-lm, -: not attempted (the released notebook, unchanged); every part scores 0"]
     # students who lost nothing get no failure lines for their parts
     assert not re.search(r"^\s*(alice|ivan|judy|peggy), ", out, re.M)
 
