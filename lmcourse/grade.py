@@ -67,9 +67,38 @@ def _student_secret(secret: str, student: str) -> str:
     return f"{secret}\0{student}"
 
 
+def printable(text: object) -> str:
+    """``text`` on one line, safe for a terminal, a log and a UTF-8 file: whitespace runs become
+    one space; control and format characters (terminal escape codes, bidi overrides) and lone
+    surrogates are written as escapes (``\\x1b``, ``\\u202e``, ``\\ud800``), so that a
+    submission cannot move the cursor, forge a line of the console or summary, or make a
+    report unwritable."""
+    import unicodedata
+
+    out = []
+    for ch in " ".join(str(text).split()):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and ch != " ":
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _line(student: str, assignment: str, cell: str, reason: str) -> str:
-    reason = " ".join(str(reason).split())
-    return f"{student}, {assignment}, {cell}: {reason}"
+    return f"{printable(student)}, {assignment}, {printable(cell)}: {printable(reason)}"
+
+
+#: notes of the rebuild shown per submission (a notebook of a million broken cells would
+#: otherwise flood the console and the summary with a million lines)
+MAX_NOTES = 20
+
+
+def _notes(notes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if len(notes) <= MAX_NOTES:
+        return notes
+    return notes[:MAX_NOTES] + [("-", f"{len(notes) - MAX_NOTES} more notes like these about the notebook's cells "
+                                      f"(the first {MAX_NOTES} are shown)")]
 
 
 def _all_zero(spec: AssignmentSpec, reason: str) -> list[PartResult]:
@@ -142,7 +171,7 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
         return SubmissionResult(sub.student, a, _all_zero(spec, "not attempted"),
                                 messages + [_line(sub.student, a, "-", "not attempted (the released notebook, unchanged); every part scores 0")],
                                 rebuilt.nb, time.monotonic() - t0)
-    messages += [_line(sub.student, a, cell, why) for cell, why in rebuilt.notes]
+    messages += [_line(sub.student, a, cell, why) for cell, why in _notes(rebuilt.notes)]
     work, io_dir = _scratch(cfg, sub.student)
     inputs = draw_inputs(spec, io_dir, _student_secret(cfg.secret, sub.student))
     res, events = _execute(rebuilt.nb, work, io_dir, cfg)
