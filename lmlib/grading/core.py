@@ -343,6 +343,28 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 20] + " ...[truncated]"
 
 
+#: ``nbgrader validate`` cuts every line of an error to 87 characters (``Validator.width`` 90,
+#: ``...`` appended) after a 4-space indent, the first one after ``AssertionError: ``: the
+#: local failure message is wrapped to fit, the hint on lines of its own.
+LOCAL_WIDTH, LOCAL_FIRST_WIDTH = 80, 66
+
+
+def _for_display(text: str) -> str:
+    """A local failure message wrapped at word boundaries so that no line is cut by
+    ``nbgrader validate`` (see :data:`LOCAL_WIDTH`); the hint starts a line."""
+    import textwrap
+
+    head, sep, hint = text.partition(" Hint: ")
+    out: list[str] = []
+    for para in (head, f"Hint: {hint}") if sep else (head,):
+        for piece in para.split("\n"):
+            width = LOCAL_FIRST_WIDTH if not out else LOCAL_WIDTH
+            first, *rest = textwrap.wrap(piece, width=width, break_long_words=False, break_on_hyphens=False) or [""]
+            out.append(first)
+            out += textwrap.wrap(" ".join(rest), width=LOCAL_WIDTH, break_long_words=False, break_on_hyphens=False) if rest else []
+    return "\n".join(out)
+
+
 def _check_local(check_id: str, answer: Any) -> None:
     chk = get_check(check_id)
     inputs = generate_inputs(check_id, secret="")
@@ -350,7 +372,7 @@ def _check_local(check_id: str, answer: Any) -> None:
         # a copy: an answer that mutates its inputs must not change the expected value
         got = chk.run(answer, copy.deepcopy(inputs))
     except (NotPlainError, PlainDataError) as exc:  # the answer returned something ungradable
-        raise AssertionError(f"{check_id}: {exc}") from None
+        raise AssertionError(_for_display(f"{check_id}: {exc}")) from None
     except Exception as exc:
         exc.add_note(f"(raised while checking {check_id})")
         raise
@@ -358,10 +380,10 @@ def _check_local(check_id: str, answer: Any) -> None:
         got = to_plain(got)
         validate_plain(got)
     except (TypeError, PlainDataError) as exc:
-        raise AssertionError(f"{check_id}: {exc}") from None
+        raise AssertionError(_for_display(f"{check_id}: {exc}")) from None
     ok, msg = evaluate(check_id, inputs, {"id": check_id, "nonce": None, "status": "ok", "error": None, "output": got})
     if not ok:
-        raise AssertionError(msg)
+        raise AssertionError(_for_display(msg))
     print(f"✓ {check_id}")
 
 

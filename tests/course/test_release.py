@@ -185,6 +185,29 @@ def test_solution_passes_validation(aid):
     assert "running over TCP" not in out, out[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.grading
+def test_validate_shows_the_whole_failure_message_and_hint(tmp_path):
+    """nbgrader validate cuts every line of an error at 87 characters: a wrong answer's
+    failure message and hint reach the student whole, and no line of them is cut."""
+    from lmlib.grading import get_check
+
+    nb = _load(_solution("01-lm"))
+    for cell in nb["cells"]:
+        if (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id") == "perplexity-answer":
+            cell["source"] = "def perplexity(log_probs):\n    return torch.exp(log_probs.mean(dim=-1))\n"
+    path = tmp_path / "01-lm.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    out = _validate(path)
+    assert "VALIDATION FAILED ON 2 CELL(S)" in out, out[-3000:]
+    flat = " ".join(out.split())
+    for cid in ("01-lm/perplexity", "01-lm/perplexity-edge"):
+        assert f"Hint: {' '.join(get_check(cid).hint.split())}" in flat, (cid, out[-3000:])
+    block = out[out.index("AssertionError: 01-lm/perplexity:"):]
+    message = block[:block.index("Hint:")] + block[block.index("Hint:"):].split("\n\n")[0]
+    assert "values differ" in message and not any(l.endswith("...") for l in message.splitlines()), message
+
+
 # ----------------------------------------------------------------------------- (d) the grading contract
 
 

@@ -399,12 +399,29 @@ def test_local_mode_pass_and_fail_messages(capsys):
     assert "✓ 01-lm/chain-rule" in capsys.readouterr().out
     with pytest.raises(AssertionError, match=r"01-lm/chain-rule: wrong shape: expected shape \(4,\), got shape \(6,\)"):
         check("01-lm/chain-rule", lambda p: torch.log(p).sum(0))
-    with pytest.raises(AssertionError, match=r"01-lm/chain-rule: 4 of 4 values differ.*max abs error .* at index \(\d,\)"):
+    with pytest.raises(AssertionError, match=r"(?s)01-lm/chain-rule: 4 of 4 values differ.*max abs error .* at index \(\d,\)"):
         check("01-lm/chain-rule", lambda p: torch.log(p).mean(-1))
     with pytest.raises(AssertionError, match="AlwaysEqual"):
         check("01-lm/chain-rule", lambda p: AlwaysEqual())
     with pytest.raises(AssertionError, match="LyingTensor"):
         check("01-lm/chain-rule", lambda p: torch.log(p).sum(-1).as_subclass(LyingTensor))
+
+
+def test_local_mode_message_fits_nbgrader_validate():
+    """nbgrader validate shows 87 characters of each error line (4 of them indent, the first
+    after "AssertionError: "): the local message is wrapped, nothing lost, the hint on its own line."""
+    from lmlib.grading import get_check
+
+    answer = lambda lp: torch.exp(lp.mean(-1))  # noqa: E731 - wrong sign
+    with pytest.raises(AssertionError) as info:
+        check("01-lm/perplexity", answer)
+    text = str(info.value)
+    lines = text.splitlines()
+    assert len(lines) > 1 and len("    AssertionError: " + lines[0]) <= 87
+    assert all(len("    " + l) <= 87 for l in lines[1:]), lines
+    hint = get_check("01-lm/perplexity").hint
+    assert any(l.startswith("Hint: ") for l in lines) and " ".join(text.split()).endswith(" ".join(f"Hint: {hint}".split()))
+    assert text.startswith("01-lm/perplexity: 3 of 3 values differ")
 
 
 def test_local_mode_answer_exception_propagates_with_note():
