@@ -400,6 +400,28 @@ def _error(message: str) -> int:
     return 2
 
 
+def _submissions_problem(submissions: Path) -> str | None:
+    """Why SUBMISSIONS cannot be graded (it must be a folder, a zip or a notebook), else None."""
+    if not submissions.exists():
+        return f"SUBMISSIONS {submissions} does not exist (give a folder, a zip or a notebook)"
+    if not (submissions.is_dir() or submissions.suffix.lower() in (".zip", ".ipynb")):
+        return f"SUBMISSIONS {submissions} is not a folder, a zip or a notebook"
+    return None
+
+
+def _use_course_data(root: Path) -> str | None:
+    """Point this process (and so the sandboxes) at the data ``make grade`` prepares, as
+    ``make grade`` exports it; the error message when that data is missing, else None."""
+    data, missing_data = course_data(root)
+    if missing_data:
+        return _data_error(root, data, missing_data)
+    # what `make grade` exports: the grader computes expected values from the same data
+    os.environ["LMLIB_CACHE"] = str(data)
+    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(k, v)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m lmcourse grade ASSIGNMENT SUBMISSIONS [--root ROOT] [options]``.
 
@@ -423,13 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source is None and not source.is_file():
         return _error(f"unknown assignment {a!r}: cannot read the source notebook {source} (no such file)" + _valid_ids(root))
     out: Path = args.out or root / "grading"
-    data, missing_data = course_data(root)
-    if missing_data:
-        return _error(_data_error(root, data, missing_data))
-    # what `make grade` exports: the grader computes expected values from the same data
-    os.environ["LMLIB_CACHE"] = str(data)
-    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(k, v)
+    problem = _use_course_data(root)
+    if problem:
+        return _error(problem)
     try:
         check_bwrap()
     except SandboxUnavailable as exc:
@@ -438,10 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_spec(a, source)
     except (OSError, ValueError, KeyError) as exc:
         return _error(f"cannot read the source notebook: {exc}")
-    if not args.submissions.exists():
-        return _error(f"SUBMISSIONS {args.submissions} does not exist (give a folder, a zip or a notebook)")
-    if not (args.submissions.is_dir() or args.submissions.suffix.lower() in (".zip", ".ipynb")):
-        return _error(f"SUBMISSIONS {args.submissions} is not a folder, a zip or a notebook")
+    problem = _submissions_problem(args.submissions)
+    if problem:
+        return _error(problem)
     devices = _devices(args.gpu)
     if args.gpu == "on" and not devices:
         return _error("--gpu on but no /dev/nvidia* device nodes here")

@@ -172,6 +172,15 @@ def test_sdpa_propagates_nan_like_torch(where: str, causal: bool) -> None:
     {"q": q, "k": k, "v": v}[where][0, 1, 2, 3] = float("nan")
     out, _ = scaled_dot_product_attention(q, k, v, causal=causal)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if where == "q":
+        # the formula: a NaN query makes its own row of scores, weights and outputs NaN, no other.
+        # (torch's fused CPU kernel returned finite numbers there on an AVX-512 CPU, so only the
+        # other rows are compared with it)
+        nan = torch.zeros_like(out, dtype=torch.bool)
+        nan[0, 1, 2] = True
+        assert torch.equal(torch.isnan(out), nan)
+        torch.testing.assert_close(out[~nan], ref[~nan])
+        return
     assert torch.isnan(ref).any()
     assert torch.equal(torch.isnan(out), torch.isnan(ref))
     torch.testing.assert_close(out, ref, equal_nan=True)
