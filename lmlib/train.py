@@ -231,6 +231,17 @@ def get_batch(
     return x, y
 
 
+def _model_block_size(model: nn.Module, block_size: int | None) -> int:
+    """``block_size``, else ``model.config.block_size`` (the guard both loss estimates share)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if block_size is None:
+        block_size = getattr(getattr(model, "config", None), "block_size", None)
+        if block_size is None:
+            raise ValueError("block_size is required when the model has no config.block_size")
+    return block_size
+
+
 @torch.no_grad()
 def estimate_loss(
     model: nn.Module,
@@ -262,12 +273,7 @@ def estimate_loss(
     Returns:
         The average of the batches' mean cross-entropies, in nats per token (a Python float).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if block_size is None:
-        block_size = getattr(getattr(model, "config", None), "block_size", None)
-        if block_size is None:
-            raise ValueError("block_size is required when the model has no config.block_size")
+    block_size = _model_block_size(model, block_size)
     if isinstance(eval_iters, bool) or not isinstance(eval_iters, int) or eval_iters < 1:
         raise ValueError(f"eval_iters must be a positive integer, got {eval_iters!r}")
     if device is None:
@@ -304,11 +310,7 @@ def split_loss(
     0 to T-1 of them: the same contexts as :func:`estimate_loss`'s random windows, but every
     token of the split counted once, with no sampling noise. ``len(data) - 1`` targets in all.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    T = block_size if block_size is not None else getattr(getattr(model, "config", None), "block_size", None)
-    if T is None:
-        raise ValueError("block_size is required when the model has no config.block_size")
+    T = _model_block_size(model, block_size)
     check_int("block_size", T, min=1)
     check_int("batch_size", batch_size, min=1)
     data = torch.as_tensor(data, dtype=torch.long).view(-1)

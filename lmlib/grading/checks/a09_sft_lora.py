@@ -335,15 +335,15 @@ class _TrainCheck(Check):
         import torch
 
         threads = torch.get_num_threads()
-        if device().type == "cpu":
+        dev = device()
+        if dev.type == "cpu":
             torch.set_num_threads(1)  # a tiny model: threads only thrash when graded in parallel
         try:
             c = inputs["case"]
-            model = _make_gpt(c["config"], c["seed"], BASE_SCALE).to(device())
+            model = _make_gpt(c["config"], c["seed"], BASE_SCALE).to(dev)
             ids, mask = tensor(c["ids"], torch.long), tensor(c["mask"], torch.bool)
             # the adapters' initialisation draws from the global generator: seed it, so that the
             # grade does not depend on what the notebook drew before (re-grades stay identical)
-            dev = device()
             cuda = [dev.index or 0] if dev.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(int(c["gen_seed"]))  # seeds the CPU and CUDA generators
