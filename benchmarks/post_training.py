@@ -27,7 +27,7 @@ from collections import Counter
 import torch
 
 from lmlib.data import char_corpus
-from lmlib.instruct import (accuracy, exact_match, make_instruction_splits, tokenize_instructions,
+from lmlib.instruct import (accuracy, exact_match, make_instruction_splits, sft_train, tokenize_instructions,
                             wilson_interval)
 from lmlib.train import split_loss
 from lmlib.zoo import pretrained_char_gpt
@@ -39,9 +39,12 @@ def constant_baseline(train, heldout) -> float:
     return sum(best[e.task] == e.answer for e in heldout) / len(heldout)
 
 
-def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mask, seed):
-    from lmlib.instruct import sft_train
+def mean_tokens(examples) -> float:
+    """Mean tokens per training example (the throughput counts real tokens, not padding)."""
+    return sum(len(e.input_ids) for e in examples) / len(examples)
 
+
+def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mask, seed):
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -51,13 +54,12 @@ def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mask
     per_task = {}
     for e, r in zip(heldout, replies):
         per_task.setdefault(e.task, []).append(exact_match(e.prompt, r))
-    mean_len = sum(len(e.input_ids) for e in examples) / len(examples)
     return {
         "acc": acc,
         "tasks": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
         "val_after": split_loss(model, val),
         "seconds": seconds,
-        "tok_per_s": steps * batch_size * mean_len / seconds,
+        "tok_per_s": steps * batch_size * mean_tokens(examples) / seconds,
     }
 
 
