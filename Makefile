@@ -39,13 +39,14 @@ BOOK_PACKAGES := graphviz
 # grading sandbox, PostgreSQL for the parallel-grading gradebook; and the book build's own.
 SYSTEM_PACKAGES := chromium chromium-driver bubblewrap postgresql $(BOOK_PACKAGES)
 
-.PHONY: help setup data system-deps book-deps book test test-fast lab release grade grade-args clean
+.PHONY: help setup data system-deps book-deps book test test-fast lab release student-dist grade grade-args clean
 
 help:
 	@echo "make book      build the web book into _build/html (sets everything up first)"
 	@echo "make test      run the whole test suite (sets everything up first)"
 	@echo "make lab       open JupyterLab in the course environment (students)"
 	@echo "make release   regenerate exercises/ from solutions/ (instructors)"
+	@echo "make student-dist [STUDENT_DIST=_build/student-dist]   the folder + zip students work from (instructors)"
 	@echo "make grade SUBMISSIONS=dir-or-zips ASSIGNMENT=01-lm [WORKERS=2]   grade a batch (instructors)"
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
@@ -98,6 +99,12 @@ lab: setup
 
 release: setup
 	$(PY) -m lmcourse release --root $(CURDIR)
+
+# what students get instead of a clone: exercises/, lmlib without the hidden checks, the
+# requirements, a README (no solutions/, lmcourse/, tests/); a folder and $(STUDENT_DIST).zip
+STUDENT_DIST ?= _build/student-dist
+student-dist: $(STAMP)
+	$(PY) -m lmcourse student-dist $(STUDENT_DIST) --root $(CURDIR)
 
 # grade-args comes first: a missing argument is reported before any set-up work
 grade: grade-args setup system-deps

@@ -3,6 +3,7 @@
     python -m lmcourse release [ASSIGNMENT ...]        regenerate exercises/ and the LMS zips
     python -m lmcourse grade ASSIGNMENT SUBMISSIONS ... grade a batch (see the instructor guide)
     python -m lmcourse remove ASSIGNMENT --student ID | --all   undo a mistaken run
+    python -m lmcourse student-dist OUT                 the students' folder OUT/ and OUT.zip
 
 All take --root ROOT, the course root holding solutions/ (default: the current folder).
 Each subcommand's own options: ``python -m lmcourse <command> --help``.
@@ -32,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .grade import main as grade_main
 
         return int(grade_main(rest) or 0)
+    if command == "student-dist":
+        from .student_dist import main as dist_main
+
+        return int(dist_main(rest) or 0)
     if command == "remove":
         from .remove import main as remove_main
 

@@ -5,6 +5,8 @@
 * :func:`test_cells` — the "autograder tests" cells (grade, not solution, code);
 * :func:`check_ids` — the check ids a test cell's source calls, found with ``ast``: every
   ``check("<id>", ...)`` call (also ``lmlib.grading.check(...)``); ids must be literal strings;
+* :func:`hidden_check_ids` — the ids called inside a notebook's ``### BEGIN HIDDEN TESTS``
+  blocks (the hidden checks, defined in :mod:`lmcourse.hidden_checks`, not in lmlib);
 * :func:`inject_nonces` — rewrite a test cell's source so that every ``check(...)`` call gets
   ``_nonce="<random hex>"`` (comments, hidden-test markers and layout are kept).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import secrets
 import tokenize
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ __all__ = [
     "test_cells",
     "solution_cells",
     "check_ids",
+    "hidden_check_ids",
     "check_calls",
     "inject_nonces",
     "cell_source",
@@ -142,6 +146,22 @@ def check_ids(source: str) -> list[str]:
     ['01-lm/chain-rule', '01-lm/x']
     """
     return [n.args[0].value for n in check_calls(source)]
+
+
+_HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n(.*?)^[ \t]*### END HIDDEN TESTS", re.S | re.M)
+
+
+def hidden_check_ids(nb: Any) -> list[str]:
+    """The check ids called inside the ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS``
+    blocks of ``nb``'s test cells, in notebook order (an unterminated block raises
+    ``ValueError``)."""
+    out: list[str] = []
+    for cell in test_cells(nb):
+        if cell.source.count("### BEGIN HIDDEN TESTS") != cell.source.count("### END HIDDEN TESTS"):
+            raise ValueError(f"test cell {cell.grade_id!r}: a BEGIN HIDDEN TESTS without its END")
+        for block in _HIDDEN_BLOCK.findall(cell.source):
+            out += check_ids(block)
+    return out
 
 
 def _char_col(line: str, byte_col: int) -> int:

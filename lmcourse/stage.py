@@ -3,7 +3,9 @@ the notebook runner, the course data, and the runner's environment.
 
 :func:`stage_lmlib` copies lmlib into a folder that is bound read-only at :data:`SANDBOX_ROOT`
 and put on ``PYTHONPATH``: the reference modules an assignment grades raise ``ImportError``,
-the check modules keep only what ``Check.run`` needs, and beside ``lmlib/`` lies the runner
+the check modules keep only what ``Check.run`` needs, the graded assignment's hidden checks
+(:mod:`lmcourse.hidden_checks`, stripped the same way) are added as ``lmlib.grading.hidden``,
+and beside ``lmlib/`` lies the runner
 (:mod:`lmcourse.nbrunner`, which imports no lmlib and no grader code). Nothing else of the
 instructor tooling is in the sandbox.
 """
@@ -41,6 +43,9 @@ raise ImportError({msg!r})
 '''
 _TRUSTED_METHODS = frozenset({"make_inputs", "expected", "compare"})
 _STUB_BODY = 'raise RuntimeError("trusted grading code: not part of the student side of a check")'
+#: the staged package of the hidden checks' student side (``lmlib.grading.core`` looks there)
+_HIDDEN_INIT = '''"""The hidden checks of the assignment being graded: only their student side (``run``)."""
+'''
 
 
 def _names_in(nodes: Iterable[ast.AST]) -> set[str]:
@@ -107,9 +112,23 @@ def _hide_reference(pkg: Path, mod: str, assignment: str) -> None:
         (pkg / rel).with_suffix(".py").write_text(_STUB.format(msg=msg))
 
 
+def _stage_hidden_checks(dest: Path, assignment: str) -> None:
+    """``assignment``'s hidden check module, stripped to ``run``'s needs, as
+    ``dest/aNN_<name>.py`` (the package ``lmlib.grading.hidden`` of the staged lmlib)."""
+    from .hidden_checks import module_files
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    (dest / "__init__.py").write_text(_HIDDEN_INIT)
+    for f in module_files(assignment):
+        (dest / f.name).write_text(_strip_check_module(f.read_text(encoding="utf-8")))
+
+
 def stage_lmlib(dest: Path, assignment: str, reference: Sequence[str]) -> Path:
     """Copy lmlib to ``dest/lmlib`` for the sandbox: no bytecode, reference modules replaced by
-    a stub raising the ImportError of GRADING_SPEC, check modules stripped to ``run``'s needs;
+    a stub raising the ImportError of GRADING_SPEC, check modules stripped to ``run``'s needs
+(``assignment``'s hidden ones too, as ``lmlib.grading.hidden``);
     the runner goes to ``dest/nbrunner.py`` (:data:`RUNNER` inside).
     Returns ``dest`` (the folder to put on ``PYTHONPATH``)."""
     import lmlib
@@ -129,6 +148,7 @@ def stage_lmlib(dest: Path, assignment: str, reference: Sequence[str]) -> Path:
         for f in checks.glob("*.py"):
             if f.name != "__init__.py":
                 f.write_text(_strip_check_module(f.read_text(encoding="utf-8")))
+    _stage_hidden_checks(pkg / "grading" / "hidden", assignment)
     shutil.copyfile(Path(nbrunner.__file__), dest / RUNNER_NAME)
     for root, dirs, files in os.walk(dest):
         os.chmod(root, 0o755)

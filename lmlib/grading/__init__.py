@@ -8,7 +8,9 @@ lmlib's reference implementations (they are hidden from students' code while gra
 from .core import (
     GRADING_IO_ENV,
     SECRET_ENV,
+    NOT_LOCAL,
     Check,
+    add_check_package,
     as_tensor,
     assignment_of,
     check,
@@ -32,6 +34,8 @@ __all__ = [
     "check",
     "Check",
     "register",
+    "add_check_package",
+    "NOT_LOCAL",
     "get_check",
     "registered_checks",
     "reference_modules",

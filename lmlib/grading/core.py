@@ -9,7 +9,12 @@ A test cell of an exercise notebook contains only calls such as::
     check("03-attention/softmax", softmax)
 
 Each check id (``"<assignment>/<part>"``) is implemented once, by a :class:`Check` subclass in
-``lmlib/grading/checks/aNN_<name>.py`` registered with :func:`register`:
+a module ``aNN_<name>`` of a *check package*, registered with :func:`register`. The visible
+checks (those students run) are in ``lmlib.grading.checks``; the hidden ones (those of the
+notebooks' hidden-test blocks) are **not part of lmlib**: they live with the instructor's
+tooling, which adds their package with :func:`add_check_package` in the trusted grader, and
+which stages their student side (``run`` only) into a grading sandbox's copy of lmlib as
+``lmlib.grading.hidden``. A check module:
 
 * ``make_inputs(rng)`` — trusted: inputs as plain data (numpy/python) from a seeded RNG;
 * ``run(answer, inputs)`` — in the student's kernel: call the answer, return ``to_plain(...)``;
@@ -17,7 +22,8 @@ Each check id (``"<assignment>/<part>"``) is implemented once, by a :class:`Chec
 * ``compare(got, expected, inputs)`` — trusted only: ``(ok, message)``.
 
 **Local mode** (default): ``check`` does all four in-process and prints ``✓ <id>`` or raises
-``AssertionError("<id>: <message>")``. **Grading mode** (``$LMLIB_GRADING_IO`` set to the
+``AssertionError("<id>: <message>")``; a check id that lmlib does not define (a hidden test)
+prints that it only runs when the instructor grades, and gives no result. **Grading mode** (``$LMLIB_GRADING_IO`` set to the
 submission's scratch dir): ``check`` reads inputs from ``<io>/inputs/<safe_id>.json``, runs
 the answer, writes ``<io>/results/<safe_id>.<nonce>.json`` and never computes expected values.
 
@@ -28,6 +34,7 @@ imports, relies on it)::
     class Check: id, reference, hint, tol; make_inputs(rng), run(answer, inputs),
                  expected(inputs), compare(got, expected, inputs) -> (bool, str)
     register(cls) -> cls
+    add_check_package(name) -> None                   # one more package of aNN_<name> modules
     get_check(check_id) -> Check                      # an instance; KeyError if unknown
     registered_checks(assignment=None) -> dict[str, type[Check]]   # imports all check modules
     assignment_of(check_id) -> str                    # "03-attention/softmax" -> "03-attention"
@@ -71,6 +78,7 @@ from .plain import NotPlainError, PlainData, PlainDataError, dump_plain, load_pl
 __all__ = [
     "Check",
     "register",
+    "add_check_package",
     "get_check",
     "registered_checks",
     "assignment_of",
@@ -99,6 +107,10 @@ MAX_ERROR_CHARS = 2000
 _CHECK_ID = re.compile(r"^(\d\d-[a-z0-9]+(?:-[a-z0-9]+)*)/([a-z0-9]+(?:-[a-z0-9]+)*)$")
 _NONCE = re.compile(r"^[0-9a-f]{16,128}$")
 _REGISTRY: dict[str, type["Check"]] = {}
+#: the packages whose ``aNN_<name>`` modules define checks, searched in this order: lmlib's
+#: visible checks; ``lmlib.grading.hidden``, which exists only in a grading sandbox's staged
+#: copy of lmlib; and those added with :func:`add_check_package` (the trusted grader's)
+_CHECK_PACKAGES: list[str] = ["lmlib.grading.checks", "lmlib.grading.hidden"]
 
 
 # ----------------------------------------------------------------------------- ids
@@ -123,9 +135,37 @@ def safe_id(check_id: str) -> str:
     return check_id.replace("/", "__")
 
 
-def _module_for(assignment: str) -> str:
+def _module_name(assignment: str) -> str:
     num, _, name = assignment.partition("-")
-    return f"lmlib.grading.checks.a{num}_{name.replace('-', '_')}"
+    return f"a{num}_{name.replace('-', '_')}"
+
+
+def _module_for(assignment: str, package: str = "lmlib.grading.checks") -> str:
+    return f"{package}.{_module_name(assignment)}"
+
+
+def add_check_package(name: str) -> None:
+    """Also look for check modules ``<name>.aNN_<assignment>`` (the instructor's hidden checks,
+    added by the trusted grader; lmlib itself never adds one). Idempotent."""
+    if type(name) is not str or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", name):
+        raise ValueError(f"name must be a dotted module name, got {name!r}")
+    if name not in _CHECK_PACKAGES:
+        _CHECK_PACKAGES.append(name)
+
+
+def _import_check_modules(assignment: str) -> bool:
+    """Import ``aNN_<name>`` of every check package that has one; whether any had one."""
+    found = False
+    for package in list(_CHECK_PACKAGES):
+        module = _module_for(assignment, package)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module + ".").startswith(exc.name + "."):  # an import inside it failed
+                raise
+            continue
+        found = True
+    return found
 
 
 # ----------------------------------------------------------------------------- Check
@@ -177,10 +217,11 @@ def register(cls: type[Check]) -> type[Check]:
     assignment = assignment_of(cls.id)
     if type(cls.reference) is not tuple or not all(type(m) is str for m in cls.reference):
         raise TypeError(f"{cls.__name__}.reference must be a tuple of module names, got {cls.reference!r}")
-    expected_module = _module_for(assignment)
-    if cls.__module__.startswith("lmlib.grading.checks.") and cls.__module__ != expected_module:
-        # checks of an assignment live in one module so get_check can find them lazily
-        raise ValueError(f"check {cls.id!r} must be defined in {expected_module}, not {cls.__module__}")
+    for package in _CHECK_PACKAGES:
+        expected_module = _module_for(assignment, package)
+        if cls.__module__.startswith(package + ".") and cls.__module__ != expected_module:
+            # checks of an assignment live in one module per package so get_check finds them lazily
+            raise ValueError(f"check {cls.id!r} must be defined in {expected_module}, not {cls.__module__}")
     old = _REGISTRY.get(cls.id)
     if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
         raise ValueError(f"check id {cls.id!r} is registered twice: {old.__module__}.{old.__qualname__} and {cls.__module__}.{cls.__qualname__}")
@@ -194,13 +235,8 @@ def get_check(check_id: str) -> Check:
     Raises ``KeyError`` naming the id if no such check exists.
     """
     assignment = assignment_of(check_id)
-    if check_id not in _REGISTRY:
-        try:
-            importlib.import_module(_module_for(assignment))
-        except ModuleNotFoundError as exc:
-            if exc.name != _module_for(assignment):
-                raise
-            raise KeyError(f"unknown check {check_id!r}: there are no checks for assignment {assignment!r}") from None
+    if check_id not in _REGISTRY and not _import_check_modules(assignment):
+        raise KeyError(f"unknown check {check_id!r}: there are no checks for assignment {assignment!r}")
     try:
         return _REGISTRY[check_id]()
     except KeyError:
@@ -208,13 +244,18 @@ def get_check(check_id: str) -> Check:
 
 
 def registered_checks(assignment: str | None = None) -> dict[str, type[Check]]:
-    """All registered checks (importing every ``lmlib.grading.checks.a*`` module), sorted by
-    id; only those of ``assignment`` if given."""
-    from . import checks as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if re.match(r"^a\d\d_", info.name):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    """All registered checks (importing every ``a*`` module of every check package that
+    exists), sorted by id; only those of ``assignment`` if given."""
+    for package in list(_CHECK_PACKAGES):
+        try:
+            pkg = importlib.import_module(package)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (package + ".").startswith(exc.name + "."):
+                raise
+            continue
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if re.match(r"^a\d\d_", info.name):
+                importlib.import_module(f"{package}.{info.name}")
     return {
         k: _REGISTRY[k]
         for k in sorted(_REGISTRY)
@@ -365,8 +406,22 @@ def _for_display(text: str) -> str:
     return "\n".join(out)
 
 
+#: what local mode says for a check id that lmlib does not define: no result, no verdict
+NOT_LOCAL = ("{id}: not checked here. This check is not part of lmlib: hidden tests only run "
+             "when the instructor grades your notebook, so there is no result to show. "
+             "The checks you can run for {assignment}: {known}.")
+
+
 def _check_local(check_id: str, answer: Any) -> None:
-    chk = get_check(check_id)
+    try:
+        chk = get_check(check_id)
+    except KeyError:
+        assignment = assignment_of(check_id)
+        known = registered_checks(assignment)
+        if not known:
+            raise
+        print(NOT_LOCAL.format(id=check_id, assignment=assignment, known=", ".join(known)))
+        return
     inputs = generate_inputs(check_id, secret="")
     try:
         # a copy: an answer that mutates its inputs must not change the expected value
@@ -420,7 +475,9 @@ def check(check_id: str, answer: Any, *, _nonce: str | None = None) -> None:
     """Check ``answer`` (a function or class from an answer cell) against check ``check_id``.
 
     Local mode (default): prints ``✓ <id>`` or raises ``AssertionError("<id>: <message>")``;
-    an exception raised by ``answer`` propagates with a note naming the check.
+    an exception raised by ``answer`` propagates with a note naming the check. An id that
+    lmlib does not define (a hidden test, or a typo) prints :data:`NOT_LOCAL` and returns:
+    hidden tests run only when the instructor grades.
     Grading mode (``$LMLIB_GRADING_IO`` set): records the answer's output for the trusted
     grader and prints ``recorded <id>``; never says whether it is right.
     ``_nonce`` is added by the grader; do not pass it yourself.

@@ -199,10 +199,12 @@ def test_validate_shows_the_whole_failure_message_and_hint(tmp_path):
     path = tmp_path / "01-lm.ipynb"
     path.write_text(json.dumps(nb), encoding="utf-8")
     out = _validate(path)
-    assert "VALIDATION FAILED ON 2 CELL(S)" in out, out[-3000:]
+    # only the visible test cell fails: the hidden check (01-lm/perplexity-edge) is not part of
+    # lmlib, so the notebook's kernel only prints that it runs when the instructor grades
+    assert "VALIDATION FAILED ON 1 CELL(S)" in out, out[-3000:]
     flat = " ".join(out.split())
-    for cid in ("01-lm/perplexity", "01-lm/perplexity-edge"):
-        assert f"Hint: {' '.join(get_check(cid).hint.split())}" in flat, (cid, out[-3000:])
+    assert f"Hint: {' '.join(get_check('01-lm/perplexity').hint.split())}" in flat, out[-3000:]
+    assert "AssertionError: 01-lm/perplexity-edge" not in out
     block = out[out.index("AssertionError: 01-lm/perplexity:"):]
     message = block[:block.index("Hint:")] + block[block.index("Hint:"):].split("\n\n")[0]
     assert "values differ" in message and not any(l.endswith("...") for l in message.splitlines()), message

@@ -1,4 +1,4 @@
-"""The checks of assignment 01-lm (``lmlib/grading/checks/a01_lm.py``): the chain rule,
+"""The checks of assignment 01-lm (``lmlib/grading/checks/a01_lm.py``; hidden ones: ``lmcourse/hidden_checks/a01_lm.py``): the chain rule,
 bigram counts, MLE and add-k estimates, and perplexity, each against an independent right
 answer and a plausibly wrong one written here (not ``lmlib.probability``), with the local
 inputs and with a grading secret's.

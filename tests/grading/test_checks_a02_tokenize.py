@@ -1,4 +1,4 @@
-"""The checks of assignment 02-tokenize (``lmlib/grading/checks/a02_tokenize.py``): a character
+"""The checks of assignment 02-tokenize (``lmlib/grading/checks/a02_tokenize.py``; hidden ones: ``lmcourse/hidden_checks/a02_tokenize.py``): a character
 tokenizer and byte-level BPE.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

@@ -1,4 +1,4 @@
-"""The checks of assignment 03-attention (``lmlib/grading/checks/a03_attention.py``): softmax,
+"""The checks of assignment 03-attention (``lmlib/grading/checks/a03_attention.py``; hidden ones: ``lmcourse/hidden_checks/a03_attention.py``): softmax,
 scaled dot-product attention, heads and multi-head attention.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

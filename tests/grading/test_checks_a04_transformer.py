@@ -1,4 +1,4 @@
-"""The checks of assignment 04-transformer (``lmlib/grading/checks/a04_transformer.py``):
+"""The checks of assignment 04-transformer (``lmlib/grading/checks/a04_transformer.py``; hidden ones: ``lmcourse/hidden_checks/a04_transformer.py``):
 positional encoding, feed-forward, layer norm and the pre-norm block.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

@@ -1,4 +1,4 @@
-"""The checks of assignment 05-optim (``lmlib/grading/checks/a05_optim.py``): a hand-derived
+"""The checks of assignment 05-optim (``lmlib/grading/checks/a05_optim.py``; hidden ones: ``lmcourse/hidden_checks/a05_optim.py``): a hand-derived
 gradient, finite differences, gradient descent and AdamW.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

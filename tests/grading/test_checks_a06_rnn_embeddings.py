@@ -1,4 +1,4 @@
-"""The checks of assignment 06-rnn-embeddings (``lmlib/grading/checks/a06_rnn_embeddings.py``):
+"""The checks of assignment 06-rnn-embeddings (``lmlib/grading/checks/a06_rnn_embeddings.py``; hidden ones: ``lmcourse/hidden_checks/a06_rnn_embeddings.py``):
 an RNN cell and loop, skip-gram pairs and the negative-sampling loss.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

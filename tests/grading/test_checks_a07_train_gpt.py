@@ -1,4 +1,4 @@
-"""The checks of assignment 07-train-gpt (``lmlib/grading/checks/a07_train_gpt.py``): batches,
+"""The checks of assignment 07-train-gpt (``lmlib/grading/checks/a07_train_gpt.py``; hidden ones: ``lmcourse/hidden_checks/a07_train_gpt.py``): batches,
 the evaluation loss, next-token probabilities, sampling, generation and training.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

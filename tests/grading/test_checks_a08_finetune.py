@@ -1,4 +1,4 @@
-"""The checks of assignment 08-finetune (``lmlib/grading/checks/a08_finetune.py``): mean
+"""The checks of assignment 08-finetune (``lmlib/grading/checks/a08_finetune.py``; hidden ones: ``lmcourse/hidden_checks/a08_finetune.py``): mean
 pooling, sentence embeddings, a classifier on frozen embeddings, BLEU and ROUGE-L.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

@@ -1,4 +1,4 @@
-"""The checks of assignment 09-sft-lora (``lmlib/grading/checks/a09_sft_lora.py``): SFT labels
+"""The checks of assignment 09-sft-lora (``lmlib/grading/checks/a09_sft_lora.py``; hidden ones: ``lmcourse/hidden_checks/a09_sft_lora.py``): SFT labels
 with a response-only mask, a LoRA layer, counting trainable parameters, and a LoRA-SFT run.
 
 * lmlib's reference implementation (or, where lmlib has none, the solution notebook's answer)

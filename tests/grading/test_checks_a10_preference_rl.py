@@ -1,4 +1,4 @@
-"""The checks of assignment 10-preference-rl (``lmlib/grading/checks/a10_preference_rl.py``):
+"""The checks of assignment 10-preference-rl (``lmlib/grading/checks/a10_preference_rl.py``; hidden ones: ``lmcourse/hidden_checks/a10_preference_rl.py``):
 Bradley-Terry, DPO, the sequence log-probability, group-relative advantages, the GRPO loss
 and a GRPO run.
 

