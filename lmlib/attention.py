@@ -38,6 +38,7 @@ __all__ = [
     "scaled_dot_product_attention",
     "KVCache",
     "MultiHeadAttention",
+    "attention_maps",
     "sinusoidal_positional_encoding",
 ]
 
@@ -332,6 +333,51 @@ class MultiHeadAttention(nn.Module):
             y = self.attn_dropout(w) @ v  # (B, nh, T, hs)
         y = self.merge_heads(y)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """The attention weights of every head of every layer of ``model`` on ``idx`` (chapter 4.2).
+
+    Runs one forward pass with each :class:`MultiHeadAttention` inside ``model`` (found in
+    ``model.modules()`` order, i.e. layer 0 first) switched to the written-out
+    implementation with ``record_weights = True``, in eval mode, without gradients. A model
+    trained with ``impl="sdpa"`` computes the same function, so its maps are the ones it
+    uses. Every layer's ``impl``, ``record_weights``, ``last_weights`` and the model's
+    train/eval mode are restored afterwards, even if the forward pass fails.
+
+    Args:
+        model: a module containing at least one :class:`MultiHeadAttention`, e.g. a
+            ``lmlib.model.GPT``; it is called as ``model(idx)``.
+        idx: ``(B, T)`` integer token ids.
+    Returns:
+        ``(B, L, nh, T, T)`` float tensor: ``out[b, l, h, t, s]`` is the weight query ``t``
+        of sequence ``b`` puts on key ``s`` in head ``h`` of layer ``l``; each row sums to 1
+        (a causal model's maps are lower-triangular). ``out[0]`` is ``(L, nh, T, T)``.
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``idx`` is not an integer tensor.
+        ValueError: ``idx`` is not 2-d, or ``model`` has no ``MultiHeadAttention`` layer.
+    """
+    check_type("model", model, nn.Module)
+    check_tensor("idx", idx, dim=2, integer=True, nonempty=True)
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    if not layers:
+        raise ValueError(f"model ({type(model).__name__}) has no lmlib MultiHeadAttention layer")
+    saved = [(m.impl, m.record_weights, m.last_weights) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        for m in layers:
+            m.impl, m.record_weights = "manual", True
+        model(idx)
+        maps = [m.last_weights for m in layers]  # L x (B, nh, T, T)
+        if any(w is None for w in maps):
+            raise ValueError("some MultiHeadAttention layers of model did not run in model(idx)")
+    finally:
+        model.train(was_training)
+        for m, (impl, record, last) in zip(layers, saved):
+            m.impl, m.record_weights, m.last_weights = impl, record, last
+    return torch.stack(maps, dim=1)  # (B, L, nh, T, T)
 
 
 # --------------------------------------------------------------------------- positions

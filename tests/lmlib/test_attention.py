@@ -16,6 +16,7 @@ from hypothesis.extra.numpy import arrays
 from lmlib.attention import (
     KVCache,
     MultiHeadAttention,
+    attention_maps,
     causal_mask,
     scaled_dot_product_attention,
     sinusoidal_positional_encoding,
@@ -390,3 +391,67 @@ def test_positional_encoding_rejects_integer_dtype_and_bad_base() -> None:
             sinusoidal_positional_encoding(4, 8, base=base)
     with pytest.raises(ValueError, match="base must be a number, got NaN"):
         sinusoidal_positional_encoding(4, 8, base=float("nan"))
+
+
+# --------------------------------------------------------------------------- attention maps
+
+
+def _tiny_gpt(impl: str = "sdpa"):
+    from lmlib.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=23, block_size=16, n_layer=3, n_head=4, n_embd=32, dropout=0.1,
+                    attn_impl=impl)
+    return GPT(cfg)
+
+
+def test_attention_maps_match_softmax_of_q_dot_k_in_every_layer() -> None:
+    model = _tiny_gpt().eval()
+    idx = torch.randint(0, 23, (2, 11), generator=torch.Generator().manual_seed(1))
+    inputs = []  # what each layer's attention receives (after ln_1), captured by hooks
+    hooks = [b.attn.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+             for b in model.transformer.h]
+    with torch.no_grad():
+        model(idx)
+    for h in hooks:
+        h.remove()
+    maps = attention_maps(model, idx)
+    B, T, nh, hs = 2, 11, 4, 8
+    assert maps.shape == (B, 3, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for layer, (block, x) in enumerate(zip(model.transformer.h, inputs)):
+        q, k, _ = block.attn.c_attn(x).split(32, dim=2)  # (B, T, C) each
+        q = q.reshape(B, T, nh, hs).permute(0, 2, 1, 3)
+        k = k.reshape(B, T, nh, hs).permute(0, 2, 1, 3)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(hs)).masked_fill(future, float("-inf"))
+        expected = torch.softmax(scores, dim=-1)  # (B, nh, T, T)
+        assert torch.allclose(maps[:, layer], expected, atol=1e-6), layer
+    assert torch.allclose(maps.sum(-1), torch.ones(B, 3, nh, T), atol=1e-6)
+    assert (maps.masked_select(future) == 0).all()
+
+
+def test_attention_maps_leave_the_model_as_they_found_it() -> None:
+    model = _tiny_gpt().train()
+    idx = torch.randint(0, 23, (1, 7), generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(3)
+    maps = attention_maps(model, idx)
+    again = attention_maps(model, idx)
+    assert torch.equal(maps, again)  # eval mode inside: no dropout on the residual stream
+    assert model.training
+    for b in model.transformer.h:
+        assert (b.attn.impl, b.attn.record_weights, b.attn.last_weights) == ("sdpa", False, None)
+    manual = _tiny_gpt(impl="manual").eval()
+    manual.load_state_dict(model.state_dict())
+    assert torch.allclose(attention_maps(manual, idx), maps, atol=1e-6)  # same function
+
+
+def test_attention_maps_reject_bad_arguments() -> None:
+    model = _tiny_gpt()
+    with pytest.raises(TypeError, match="model"):
+        attention_maps(lambda x: x, torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="idx"):
+        attention_maps(model, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="idx"):
+        attention_maps(model, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="MultiHeadAttention"):
+        attention_maps(torch.nn.Embedding(5, 4), torch.zeros(1, 3, dtype=torch.long))
