@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from lmlib._validate import check_float, check_int, check_type
 from lmlib.sft import IGNORE_INDEX, SFTExample, SimpleChatTemplate, build_sft_example, sft_labels
+from lmlib.train import get_batch
 
 __all__ = [
     "TASKS",
@@ -190,6 +191,9 @@ def sft_train(
     weight_decay: float = 0.0,
     grad_clip: float = 1.0,
     seed: int = 0,
+    replay: torch.Tensor | None = None,
+    replay_batch_size: int = 16,
+    replay_weight: float = 1.0,
 ) -> list[float]:
     """Fine-tune ``model`` in place on ``examples`` with AdamW (post-training: SFT).
 
@@ -198,19 +202,29 @@ def sft_train(
     (``response_only=True``) or on every real token (``False``: prompts too). Only
     parameters with ``requires_grad`` train (so a LoRA-wrapped model trains its adapters).
 
+    **Replay (mixing in pretraining data)**, against catastrophic forgetting: with
+    ``replay`` (a 1-D tensor of pretraining token ids), each step also draws
+    ``replay_batch_size`` windows of ``model.config.block_size`` tokens from it
+    (:func:`lmlib.train.get_batch`) and minimises
+    ``sft_loss + replay_weight * next_token_loss(windows)``, as InstructGPT's "PPO-ptx"
+    mixes pretraining gradients into its RL step (Ouyang et al., 2022, arXiv:2203.02155).
+
     Returns:
-        the training loss of every step (nats per counted token). The model is left in eval mode.
+        the SFT loss of every step (nats per counted token; without the replay term). The
+        model is left in eval mode.
     """
     check_type("model", model, nn.Module)
     steps = check_int("steps", steps, min=1)
     batch_size = check_int("batch_size", batch_size, min=1)
     lr = check_float("lr", lr, min=0.0, min_inclusive=False)
     check_type("response_only", response_only, bool)
+    block_size = _check_replay(model, replay, replay_batch_size, replay_weight)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    replay_gen = torch.Generator().manual_seed(seed + 1)  # its own stream: the SFT batches stay the same
     device = params[0].device
     losses = []
     model.train()
@@ -218,13 +232,39 @@ def sft_train(
         idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
         ids, resp, real = sft_batch([examples[i] for i in idx])
         loss = sft_loss(model, ids.to(device), (resp if response_only else real).to(device))
+        losses.append(loss.item())
+        if replay is not None:
+            x, y = get_batch(replay, block_size, replay_batch_size, generator=replay_gen, device=device)  # (b, T) each
+            logits, _ = model(x)  # (b, T, V)
+            loss = loss + replay_weight * F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
-        losses.append(loss.item())
     model.eval()
     return losses
+
+
+def _check_replay(model: nn.Module, replay: Any, batch_size: Any, weight: Any) -> int | None:
+    """Guard :func:`sft_train`'s replay arguments; the window length (``model.config.block_size``) or None."""
+    if replay is None:
+        return None
+    check_type("replay", replay, torch.Tensor)
+    if replay.dim() != 1 or replay.dtype != torch.long:
+        raise ValueError(f"replay must be a 1-D long tensor of token ids, got shape {tuple(replay.shape)} "
+                         f"and dtype {replay.dtype}")
+    check_int("replay_batch_size", batch_size, min=1)
+    check_float("replay_weight", weight, min=0.0)
+    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    if not isinstance(block_size, int):
+        raise ValueError("replay needs a model with config.block_size (the window length)")
+    if replay.numel() <= block_size:
+        raise ValueError(f"replay has {replay.numel()} tokens; it needs more than block_size={block_size}")
+    vocab = getattr(model.config, "vocab_size", None)
+    if isinstance(vocab, int) and (replay.min() < 0 or replay.max() >= vocab):
+        raise ValueError(f"replay token ids must lie in [0, {vocab}) (the model's vocab_size), "
+                         f"got [{int(replay.min())}, {int(replay.max())}]")
+    return block_size
 
 
 @torch.no_grad()

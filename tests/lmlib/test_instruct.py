@@ -147,6 +147,64 @@ def test_sft_train_lowers_the_response_loss():
         sft_train(model, exs, steps=0)
 
 
+def _tiny_sft_setup():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
+    train, _ = make_instruction_splits(64, 1, seed=0)
+    # "pretraining text": a fixed lowercase passage the SFT examples never contain verbatim
+    text = ("the quick brown fox jumps over the lazy dog and then the dog sleeps in the sun " * 20)
+    return model, tokenize_instructions(TOK, train), torch.tensor(TOK.encode(text))
+
+
+def _text_loss(model, ids, block=64):
+    x = ids[: (len(ids) - 1) // block * block].view(-1, block)
+    y = ids[1 : (len(ids) - 1) // block * block + 1].view(-1, block)
+    with torch.no_grad():
+        logits, _ = model.eval()(x)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).item()
+
+
+def test_sft_replay_keeps_the_pretraining_text_loss_lower():
+    """Replay trains on the replay text too: its loss ends far below plain SFT's."""
+    model, exs, text = _tiny_sft_setup()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    sft_train(model, exs, steps=60, batch_size=16, lr=3e-3)
+    plain = _text_loss(model, text)
+    model.load_state_dict(state)
+    sft_train(model, exs, steps=60, batch_size=16, lr=3e-3, replay=text, replay_batch_size=8)
+    replayed = _text_loss(model, text)
+    assert replayed < plain - 0.5, (plain, replayed)
+
+
+def test_sft_replay_leaves_the_sft_batches_alone():
+    """Weight 0 adds nothing to the gradient, and the SFT batches come from their own stream:
+    the run is the same as one without replay."""
+    model, exs, text = _tiny_sft_setup()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = sft_train(model, exs, steps=5, batch_size=8, lr=1e-3)
+    model.load_state_dict(state)
+    zero = sft_train(model, exs, steps=5, batch_size=8, lr=1e-3, replay=text, replay_weight=0.0)
+    torch.testing.assert_close(torch.tensor(zero), torch.tensor(plain))
+
+
+@pytest.mark.parametrize(
+    "replay, kwargs, match",
+    [
+        (torch.zeros(2, 100, dtype=torch.long), {}, "1-D long"),
+        (torch.zeros(100), {}, "1-D long"),
+        (torch.zeros(10, dtype=torch.long), {}, "more than block_size"),
+        (torch.full((100,), 10_000), {}, r"\[0, "),
+        (torch.zeros(100, dtype=torch.long), {"replay_weight": -1.0}, "replay_weight"),
+        (torch.zeros(100, dtype=torch.long), {"replay_batch_size": 0}, "replay_batch_size"),
+        ([1, 2, 3], {}, "replay"),
+    ],
+)
+def test_sft_replay_bad_input(replay, kwargs, match):
+    model, exs, _ = _tiny_sft_setup()
+    with pytest.raises((ValueError, TypeError), match=match):
+        sft_train(model, exs, steps=1, replay=replay, **kwargs)
+
+
 @pytest.mark.parametrize("k, n, low, high", [(8, 10, 0.4902, 0.9433), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0)])
 def test_wilson_interval_hand_values(k, n, low, high):
     # worked by hand from Wilson's formula with z = 1.96 (8/10: centre 0.7168, half-width 0.2266)
