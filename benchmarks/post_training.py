@@ -3,7 +3,8 @@
 Starts from chapter 5.2's pretrained Shakespeare GPT (``lmlib.zoo.pretrained_char_gpt``)
 and fine-tunes a copy on the checkable instruction task of ``lmlib.instruct`` (reverse /
 upper / count over random words; held-out prompts use words no training prompt contains),
-once with the response-only loss mask and once with the loss on every token. Per run it
+with the response-only loss mask, with the loss on every token, and with the mask plus
+replay of the pretraining text (``sft_train(replay=...)``, against forgetting). Per run it
 prints held-out exact match (overall and per task, with the Wilson 95 % interval), the
 constant-answer baseline, the pretraining-text validation loss before and after (forgetting,
 nats/char over the whole split), wall time and training throughput, then the mean and
@@ -44,11 +45,20 @@ def mean_tokens(examples) -> float:
     return sum(len(e.input_ids) for e in examples) / len(examples)
 
 
-def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mask, seed):
+MODES = {  # name: (label in the table, response-only loss, replay pretraining text)
+    "mask": ("response only", True, False),
+    "all": ("every token", False, False),
+    "replay": ("response only + replay", True, True),
+}
+
+
+def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mode, seed, replay):
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
+    _, mask, use_replay = MODES[mode]
     start = time.perf_counter()
-    sft_train(model, examples, steps=steps, lr=lr, batch_size=batch_size, response_only=mask, seed=seed)
+    sft_train(model, examples, steps=steps, lr=lr, batch_size=batch_size, response_only=mask, seed=seed,
+              replay=replay if use_replay else None)
     seconds = time.perf_counter() - start
     acc, replies = accuracy(model, tok, heldout)
     per_task = {}
@@ -69,11 +79,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--modes", nargs="+", choices=["mask", "all"], default=["mask", "all"])
+    ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["mask", "all", "replay"])
     args = ap.parse_args()
 
     base, tok, _ = pretrained_char_gpt()
-    _, _, val = char_corpus()
+    _, train_text, val = char_corpus()
     train, heldout = make_instruction_splits(3000, 300, seed=0)
     examples = tokenize_instructions(tok, train)
     base_acc, _ = accuracy(base, tok, heldout)
@@ -88,11 +98,11 @@ def main() -> None:
     for mode in args.modes:
         for seed in args.seeds:
             r = run(base, tok, val, train, heldout, examples, steps=args.steps, lr=args.lr,
-                    batch_size=args.batch_size, mask=mode == "mask", seed=seed)
+                    batch_size=args.batch_size, mode=mode, seed=seed, replay=train_text)
             results.setdefault(mode, []).append(r)
             lo, hi = wilson_interval(round(r["acc"] * len(heldout)), len(heldout))
             tasks = ", ".join(f"{t} {a:.3f}" for t, a in r["tasks"].items())
-            name = "response only" if mode == "mask" else "every token"
+            name = MODES[mode][0]
             print(f"| {name} | {seed} | {r['acc']:.3f} [{lo:.3f}, {hi:.3f}] | {tasks} | "
                   f"{val_before:.3f} -> {r['val_after']:.3f} | {r['seconds']:.1f} | {r['tok_per_s']:.0f} |", flush=True)
     for mode, rs in results.items():
