@@ -52,13 +52,14 @@ MODES = {  # name: (label in the table, response-only loss, replay pretraining t
 }
 
 
-def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mode, seed, replay):
+def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mode, seed, replay,
+        replay_batch_size):
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
     _, mask, use_replay = MODES[mode]
     start = time.perf_counter()
     sft_train(model, examples, steps=steps, lr=lr, batch_size=batch_size, response_only=mask, seed=seed,
-              replay=replay if use_replay else None)
+              replay=replay if use_replay else None, replay_batch_size=replay_batch_size)
     seconds = time.perf_counter() - start
     acc, replies = accuracy(model, tok, heldout)
     per_task = {}
@@ -80,6 +81,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["mask", "all", "replay"])
+    ap.add_argument("--replay-batch-size", type=int, default=4,
+                    help="pretraining windows per step in the replay mode (chapter 5.6 uses 4)")
     args = ap.parse_args()
 
     base, tok, _ = pretrained_char_gpt()
@@ -88,7 +91,8 @@ def main() -> None:
     examples = tokenize_instructions(tok, train)
     base_acc, _ = accuracy(base, tok, heldout)
     val_before = split_loss(base, val)
-    print(f"pretrained model: held-out exact match {base_acc:.3f}, Shakespeare val {val_before:.3f} nats/char")
+    print(f"pretrained model: held-out exact match {base_acc:.3f}, Shakespeare val {val_before:.3f} nats/char",
+          flush=True)
     print(f"constant answer per task: {constant_baseline(train, heldout):.3f}; "
           f"{len(train)} train / {len(heldout)} held-out prompts; {args.steps} steps, lr {args.lr}, "
           f"batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -98,7 +102,8 @@ def main() -> None:
     for mode in args.modes:
         for seed in args.seeds:
             r = run(base, tok, val, train, heldout, examples, steps=args.steps, lr=args.lr,
-                    batch_size=args.batch_size, mode=mode, seed=seed, replay=train_text)
+                    batch_size=args.batch_size, mode=mode, seed=seed, replay=train_text,
+                    replay_batch_size=args.replay_batch_size)
             results.setdefault(mode, []).append(r)
             lo, hi = wilson_interval(round(r["acc"] * len(heldout)), len(heldout))
             tasks = ", ".join(f"{t} {a:.3f}" for t, a in r["tasks"].items())
