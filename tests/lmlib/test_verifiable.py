@@ -1,4 +1,4 @@
-"""Tests for lmlib.verifiable: the addition task, its verifier, and the GRPO loop (Chapters 5.6-5.7)."""
+"""Tests for lmlib.verifiable: the addition task, its verifier, and the GRPO loop (Chapters 5.7-5.8)."""
 
 from __future__ import annotations
 
