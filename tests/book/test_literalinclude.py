@@ -66,6 +66,7 @@ TAUGHT = {
     "05-practice/gpt-from-scratch.ipynb": {("model.py", "GPT.forward")},
     "03-algorithms/training-loop.ipynb": {("train.py", "_train_step")},
     "03-algorithms/tokenization.ipynb": {("tokenize.py", "BPETokenizer.train")},
+    "post-training/sft.ipynb": {("instruct.py", "sft_loss")},
 }
 
 
