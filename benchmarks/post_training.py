@@ -23,21 +23,14 @@ import argparse
 import copy
 import statistics
 import time
-from collections import Counter
 
 import torch
 
 from lmlib.data import char_corpus
-from lmlib.instruct import (accuracy, exact_match, make_instruction_splits, sft_train, tokenize_instructions,
-                            wilson_interval)
+from lmlib.instruct import (accuracy, constant_answer_accuracy, make_instruction_splits, per_task_accuracy,
+                            sft_train, tokenize_instructions, wilson_interval)
 from lmlib.train import split_loss
 from lmlib.zoo import pretrained_char_gpt
-
-
-def constant_baseline(train, heldout) -> float:
-    """Held-out exact match of always giving the most common training answer of each task."""
-    best = {t: Counter(e.answer for e in train if e.task == t).most_common(1)[0][0] for t in {e.task for e in train}}
-    return sum(best[e.task] == e.answer for e in heldout) / len(heldout)
 
 
 def mean_tokens(examples) -> float:
@@ -62,12 +55,9 @@ def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mode
               replay=replay if use_replay else None, replay_batch_size=replay_batch_size)
     seconds = time.perf_counter() - start
     acc, replies = accuracy(model, tok, heldout)
-    per_task = {}
-    for e, r in zip(heldout, replies):
-        per_task.setdefault(e.task, []).append(exact_match(e.prompt, r))
     return {
         "acc": acc,
-        "tasks": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
+        "tasks": per_task_accuracy(heldout, replies),
         "val_after": split_loss(model, val),
         "seconds": seconds,
         "tok_per_s": steps * batch_size * mean_tokens(examples) / seconds,
@@ -93,7 +83,7 @@ def main() -> None:
     val_before = split_loss(base, val)
     print(f"pretrained model: held-out exact match {base_acc:.3f}, Shakespeare val {val_before:.3f} nats/char",
           flush=True)
-    print(f"constant answer per task: {constant_baseline(train, heldout):.3f}; "
+    print(f"constant answer per task: {constant_answer_accuracy(train, heldout):.3f}; "
           f"{len(train)} train / {len(heldout)} held-out prompts; {args.steps} steps, lr {args.lr}, "
           f"batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| loss on | seed | held-out exact match (95% CI) | per task | val before -> after | s | tokens/s |")

@@ -43,6 +43,8 @@ __all__ = [
     "sft_train",
     "greedy_replies",
     "accuracy",
+    "per_task_accuracy",
+    "constant_answer_accuracy",
     "tokenize_instructions",
     "wilson_interval",
 ]
@@ -305,6 +307,41 @@ def accuracy(model: nn.Module, tokenizer: Any, examples: Sequence[Instruction], 
     """Exact-match accuracy of :func:`greedy_replies` on ``examples``, and the replies."""
     replies = greedy_replies(model, tokenizer, [e.prompt for e in examples], **kwargs)
     return sum(exact_match(e.prompt, r) for e, r in zip(examples, replies)) / len(examples), replies
+
+
+def per_task_accuracy(examples: Sequence[Instruction], replies: Sequence[str]) -> dict[str, float]:
+    """Exact match of ``replies[i]`` to ``examples[i]`` within each task, ``{task: fraction}``.
+
+    The tasks appear in :data:`TASKS` order, only those present in ``examples``.
+    """
+    check_type("examples", examples, (list, tuple))
+    check_type("replies", replies, (list, tuple))
+    if not examples or len(examples) != len(replies):
+        raise ValueError(f"need one reply per example and at least one example, got {len(examples)} "
+                         f"examples and {len(replies)} replies")
+    hits: dict[str, list[bool]] = {t: [] for t in TASKS}
+    for e, r in zip(examples, replies):
+        hits[e.task].append(exact_match(e.prompt, r))
+    return {t: sum(v) / len(v) for t, v in hits.items() if v}
+
+
+def constant_answer_accuracy(train: Sequence[Instruction], test: Sequence[Instruction]) -> float:
+    """Test exact match of a model that ignores the word (post-training: the baseline SFT must beat).
+
+    For each task it always answers the task's most common training answer (ties: the one
+    seen first), e.g. ``"1"`` for every count prompt; the score is the fraction of ``test``
+    it gets right. A task absent from ``train`` gets no answer (always wrong).
+    """
+    check_type("train", train, (list, tuple))
+    check_type("test", test, (list, tuple))
+    if not train or not test:
+        raise ValueError("train and test must be non-empty lists of Instruction")
+    counts: dict[str, dict[str, int]] = {}
+    for e in train:
+        per = counts.setdefault(e.task, {})
+        per[e.answer] = per.get(e.answer, 0) + 1
+    best = {t: max(c, key=c.get) for t, c in counts.items()}  # max keeps the first of equal counts
+    return sum(best.get(e.task) == e.answer for e in test) / len(test)
 
 
 def tokenize_instructions(tokenizer: Any, examples: Sequence[Instruction],

@@ -12,9 +12,12 @@ import torch.nn.functional as F
 
 from lmlib.instruct import (
     TASKS,
+    Instruction,
     answer_for,
+    constant_answer_accuracy,
     exact_match,
     make_instruction_splits,
+    per_task_accuracy,
     sft_batch,
     sft_loss,
     sft_train,
@@ -217,3 +220,33 @@ def test_wilson_interval_bad_input():
         wilson_interval(11, 10)
     with pytest.raises(ValueError, match="n"):
         wilson_interval(0, 0)
+
+
+def _ins(prompt: str) -> Instruction:
+    head, _, word = prompt.partition(": ")
+    return Instruction(head.split()[0], word, prompt, answer_for(prompt))
+
+
+def test_per_task_accuracy_counts_by_hand():
+    examples = [_ins(p) for p in ("reverse: ab", "reverse: cd", "upper: ab", "count a: aa", "count b: ab")]
+    replies = ["ba", "cc", "AB", " 2 ", "0"]  # reverse 1 of 2, upper 1 of 1, count 1 of 2
+    assert per_task_accuracy(examples, replies) == {"reverse": 0.5, "upper": 1.0, "count": 0.5}
+    assert list(per_task_accuracy(examples[:3], replies[:3])) == ["reverse", "upper"]  # absent tasks left out
+
+
+def test_constant_answer_accuracy_counts_by_hand():
+    train = [_ins(p) for p in ("count a: ab", "count a: ba", "count a: aa", "reverse: ab", "reverse: cd")]
+    # most common count answer "1" (2 of 3); reverse answers tie, the first seen ("ba") wins
+    test = [_ins(p) for p in ("count z: az", "count a: aaa", "reverse: ab", "reverse: ef", "upper: ab")]
+    # right: count "1" (1 of 2), reverse "ba" (1 of 2), upper never seen in train (0 of 1)
+    assert constant_answer_accuracy(train, test) == pytest.approx(2 / 5)
+
+
+def test_task_metrics_bad_input():
+    examples = [_ins("reverse: ab")]
+    with pytest.raises(ValueError, match="one reply per example"):
+        per_task_accuracy(examples, [])
+    with pytest.raises(ValueError, match="non-empty"):
+        constant_answer_accuracy([], examples)
+    with pytest.raises(TypeError):
+        per_task_accuracy(examples, "ba")
