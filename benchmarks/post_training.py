@@ -4,7 +4,8 @@ Starts from chapter 5.2's pretrained Shakespeare GPT (``lmlib.zoo.pretrained_cha
 and fine-tunes a copy on the checkable instruction task of ``lmlib.instruct`` (reverse /
 upper / count over random words; held-out prompts use words no training prompt contains),
 with the response-only loss mask, with the loss on every token, and with the mask plus
-replay of the pretraining text (``sft_train(replay=...)``, against forgetting). Per run it
+replay of the pretraining text (``sft_train(replay=...)``, against forgetting), and with
+LoRA adapters of rank 8 or 32 (chapter 5.7; ``--modes lora8 lora32``). Per run it
 prints held-out exact match (overall and per task, with the Wilson 95 % interval), the
 constant-answer baseline, the pretraining-text validation loss before and after (forgetting,
 nats/char over the whole split), wall time and training throughput, then the mean and
@@ -29,6 +30,7 @@ import torch
 from lmlib.data import char_corpus
 from lmlib.instruct import (accuracy, constant_answer_accuracy, make_instruction_splits, per_task_accuracy,
                             sft_train, tokenize_instructions, wilson_interval)
+from lmlib.lora import apply_lora
 from lmlib.train import split_loss
 from lmlib.zoo import pretrained_char_gpt
 
@@ -38,18 +40,23 @@ def mean_tokens(examples) -> float:
     return sum(len(e.input_ids) for e in examples) / len(examples)
 
 
-MODES = {  # name: (label in the table, response-only loss, replay pretraining text)
-    "mask": ("response only", True, False),
-    "all": ("every token", False, False),
-    "replay": ("response only + replay", True, True),
+MODES = {  # name: (label in the table, response-only loss, replay pretraining text, LoRA rank or None)
+    "mask": ("response only", True, False, None),
+    "all": ("every token", False, False, None),
+    "replay": ("response only + replay", True, True, None),
+    "lora8": ("LoRA r=8, response only", True, False, 8),
+    "lora32": ("LoRA r=32, response only", True, False, 32),
 }
+LORA_TARGETS = r"transformer\.h\..*|lm_head"  # chapter 5.7: every linear of the blocks and the output layer
 
 
 def run(base, tok, val, train, heldout, examples, *, steps, lr, batch_size, mode, seed, replay,
         replay_batch_size):
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
-    _, mask, use_replay = MODES[mode]
+    _, mask, use_replay, rank = MODES[mode]
+    if rank is not None:
+        apply_lora(model, LORA_TARGETS, r=rank, alpha=rank)  # alpha = r, as in chapter 5.7
     start = time.perf_counter()
     sft_train(model, examples, steps=steps, lr=lr, batch_size=batch_size, response_only=mask, seed=seed,
               replay=replay if use_replay else None, replay_batch_size=replay_batch_size)
@@ -70,7 +77,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["mask", "all", "replay"])
+    ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["mask", "all", "replay", "lora8", "lora32"])
     ap.add_argument("--replay-batch-size", type=int, default=4,
                     help="pretraining windows per step in the replay mode (chapter 5.6 uses 4)")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Learning from preferences: reward models and DPO (Chapter 5.7, post-training).
+"""Learning from preferences: reward models and DPO (Chapter 5.8, post-training).
 
 A preference data set holds pairs: for one prompt x, a **chosen (被选)** response y_w and a
 **rejected (被拒)** response y_l.
@@ -32,7 +32,7 @@ __all__ = ["bradley_terry_loss", "dpo_loss", "token_logprobs", "sequence_logprob
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """Mean Bradley-Terry loss ``-log σ(r_chosen - r_rejected)`` (Chapter 5.7, post-training).
+    """Mean Bradley-Terry loss ``-log σ(r_chosen - r_rejected)`` (Chapter 5.8, post-training).
 
     Args:
         r_chosen, r_rejected: rewards of the chosen and rejected responses, same shape
@@ -55,7 +55,7 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor,
     beta: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The DPO loss (Rafailov et al., 2023, eq. 7) from sequence log-probabilities (Chapter 5.7).
+    """The DPO loss (Rafailov et al., 2023, eq. 7) from sequence log-probabilities (Chapter 5.8).
 
     Args:
         policy_chosen_logps, policy_rejected_logps: ``(B,)`` summed log-probabilities
@@ -97,7 +97,7 @@ def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token log-probabilities on label positions (Chapter 5.7, post-training).
+    """Per-token log-probabilities on label positions (Chapter 5.8, post-training).
 
     Args:
         logits: ``(B, T, V)`` a causal LM's output on ``labels``; ``logits[:, t]`` predicts
@@ -126,7 +126,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of the log-probabilities of the masked (response) tokens (Chapter 5.7, post-training).
+    """Sum of the log-probabilities of the masked (response) tokens (Chapter 5.8, post-training).
 
     Convention (the causal-LM shift, as in Hugging Face's ``labels``): ``logits[:, t]``
     predicts ``labels[:, t + 1]``, so ``logits[:, :-1]`` is scored against ``labels[:, 1:]``.

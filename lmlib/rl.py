@@ -1,4 +1,4 @@
-"""Reinforcement learning for language models: PPO's clipped objective and GRPO (Chapter 5.8, post-training).
+"""Reinforcement learning for language models: PPO's clipped objective and GRPO (Chapter 5.9, post-training).
 
 The policy π_θ is the language model; an **action (动作)** is a token, an **episode (回合)**
 is one sampled response to a prompt, and a reward scores the whole response.
@@ -46,7 +46,7 @@ REDUCTIONS = ("token", "sequence")
 
 
 def group_relative_advantages(rewards: torch.Tensor, eps: float = 1e-6, normalize_std: bool = True) -> torch.Tensor:
-    """GRPO's advantages: each reward minus its group's mean, over the group's std (Chapter 5.8).
+    """GRPO's advantages: each reward minus its group's mean, over the group's std (Chapter 5.9).
 
     Args:
         rewards: ``(num_prompts, group_size)``: row i holds the rewards of the G responses
@@ -122,7 +122,7 @@ def clipped_policy_objective(
     clip_eps_high: float | None = None,
     reduction: str = "token",
 ) -> torch.Tensor:
-    """PPO's clipped surrogate, as a loss to minimise (Schulman et al., 2017, eq. 7; Chapter 5.8).
+    """PPO's clipped surrogate, as a loss to minimise (Schulman et al., 2017, eq. 7; Chapter 5.9).
 
     Per token: ``-min(ρ A, clip(ρ, 1 - clip_eps, 1 + clip_eps_high) A)`` with
     ``ρ = exp(logp_new - logp_old)``. Where the clipped term is the smaller one (ρ > 1+ε
@@ -158,7 +158,7 @@ def clipped_policy_objective(
 
 
 def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimate of KL(π ‖ π_ref), per sampled token (Chapter 5.8, post-training).
+    """Schulman's k3 estimate of KL(π ‖ π_ref), per sampled token (Chapter 5.9, post-training).
 
     Args:
         logp: ``(...)`` log π(a) of tokens a sampled from π (the policy being trained).
@@ -188,7 +188,7 @@ def grpo_loss(
     clip_eps_high: float | None = None,
     reduction: str = "sequence",
 ) -> torch.Tensor:
-    """The GRPO loss (DeepSeekMath eq. 3, as a loss to minimise; Chapter 5.8, post-training).
+    """The GRPO loss (DeepSeekMath eq. 3, as a loss to minimise; Chapter 5.9, post-training).
 
     Per token: ``-min(ρ A, clip(ρ) A) + β · k3(logp_new, logp_ref)``, averaged by
     ``reduction``. Defaults follow the paper: β = 0.04, ε = 0.2, and ``"sequence"`` averaging
@@ -219,7 +219,7 @@ def grpo_loss(
 
 
 def policy_logprobs(model: nn.Module, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probabilities of ``ids`` under ``model``, on label positions (Chapter 5.8).
+    """Log-probabilities of ``ids`` under ``model``, on label positions (Chapter 5.9).
 
     Args:
         model: an ``lmlib.model.GPT`` (``model(ids) -> (logits, loss)``), used as it is (its
@@ -243,7 +243,7 @@ def policy_logprobs(model: nn.Module, ids: torch.Tensor, temperature: float = 1.
 
 @dataclass
 class Rollout:
-    """What :func:`rollout` returns (Chapter 5.8): everything a GRPO step needs but rewards."""
+    """What :func:`rollout` returns (Chapter 5.9): everything a GRPO step needs but rewards."""
 
     ids: torch.Tensor  # (P*G, T + N) long: each prompt repeated G times, then its sampled tokens
     mask: torch.Tensor  # (P*G, T + N) bool: True on the sampled (response) tokens, up to the first eos
@@ -262,7 +262,7 @@ def rollout(
     *,
     eos_id: int | None = None,
 ) -> Rollout:
-    """Sample a group of responses per prompt and record their log-probs (Chapter 5.8).
+    """Sample a group of responses per prompt and record their log-probs (Chapter 5.9).
 
     Built on :func:`lmlib.generate.generate` (temperature sampling, KV cache).
 

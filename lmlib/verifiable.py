@@ -1,4 +1,4 @@
-"""A task whose answers a program can check, and GRPO on it (Chapters 5.7 and 5.8, post-training).
+"""A task whose answers a program can check, and GRPO on it (Chapters 5.8 and 5.9, post-training).
 
 **Reinforcement learning with verifiable rewards (可验证奖励的强化学习)** replaces a learned
 reward model by a program that checks the answer. The task here is two-number addition in a
@@ -10,7 +10,7 @@ fixed format, small enough for a character GPT trained on a CPU in seconds::
 * :class:`AdditionTask` generates every (a, b) pair once and splits them into a training
   and a **held-out** set that share no pair; :func:`check_answer` is the verifier and
   :func:`reward` turns it into a 0/1 reward.
-* :func:`preference_pairs` builds (prompt, chosen, rejected) triples for chapter 5.7:
+* :func:`preference_pairs` builds (prompt, chosen, rejected) triples for chapter 5.8:
   chosen = the correct answer, rejected = the same answer with one digit changed.
 * :func:`warm_start` is the "SFT" step: a tiny :class:`lmlib.model.GPT` trained with the
   loss on the answer tokens only, for few enough steps that it is often wrong.
@@ -171,7 +171,7 @@ def corrupt_answer(completion: str, rng: random.Random) -> str:
 
 
 def preference_pairs(task: AdditionTask, split: str, seed: int = 0) -> list[tuple[str, str, str]]:
-    """``(prompt, chosen, rejected)`` for every pair of ``split`` (Chapter 5.7).
+    """``(prompt, chosen, rejected)`` for every pair of ``split`` (Chapter 5.8).
 
     chosen = the correct completion; rejected = :func:`corrupt_answer` of it. The verifier
     labels the preference, so the labels are never wrong (unlike human labels).
@@ -241,7 +241,7 @@ def _sft_train(model: nn.Module, task: AdditionTask, steps: int, batch_size: int
 
 def warm_start(task: AdditionTask = AdditionTask(), *, steps: int = 120, batch_size: int = 64,
                lr: float = 3e-3, seed: int = 0, cache: bool = True):
-    """A tiny GPT after a short supervised warm start on the training pairs (Chapters 5.7, 5.8).
+    """A tiny GPT after a short supervised warm start on the training pairs (Chapters 5.8, 5.9).
 
     The loss is the cross-entropy of the completion characters only (the prompt is given,
     as in SFT). ``steps`` is kept small on purpose: the model learns the format and part of
@@ -339,7 +339,7 @@ def grpo_train(policy: nn.Module, prompts: Sequence[str], tok: CharTokenizer,
                reward_fn: Callable[[Sequence[str], Sequence[str]], torch.Tensor], max_new_tokens: int,
                config: GRPOConfig = GRPOConfig(), *, ref: nn.Module | None = None,
                eos_id: int | None = None) -> dict[str, list[float]]:
-    """Train ``policy`` in place with GRPO (Shao et al., 2024, §4; Chapter 5.8).
+    """Train ``policy`` in place with GRPO (Shao et al., 2024, §4; Chapter 5.9).
 
     Each step: sample ``P`` training prompts, roll out ``G`` responses each
     (:func:`lmlib.rl.rollout`), score them with ``reward_fn(prompts, completions) -> (P*G,)``,

@@ -7,7 +7,7 @@ cells or outputs) must be a link -- ``[chapter 4.1](../04-math/attention.ipynb)`
 and the page the link opens must carry the number the text writes: "chapter N.M" goes to the
 page titled "N.M", "chapter N" to page "N" or, for a part with several pages, to one of its
 pages "N.x". A link whose text is a number, or starts with one ("4.1" in the glossary's chapter
-column, "5.8 Preferences and DPO" in a guide), is held to the same rule. So renumbering a page without updating its pointers fails here.
+column, "5.9 Preferences and DPO" in a guide), is held to the same rule. So renumbering a page without updating its pointers fails here.
 
 These read the sources only, no build.
 """

@@ -1,4 +1,4 @@
-"""Tests for lmlib.verifiable: the addition task, its verifier, and the GRPO loop (Chapters 5.7-5.8)."""
+"""Tests for lmlib.verifiable: the addition task, its verifier, and the GRPO loop (Chapters 5.8-5.9)."""
 
 from __future__ import annotations
 

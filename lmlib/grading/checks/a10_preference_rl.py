@@ -1,4 +1,4 @@
-"""Checks of assignment 10-preference-rl (chapters 5.7 and 5.8, post-training): the
+"""Checks of assignment 10-preference-rl (chapters 5.8 and 5.9, post-training): the
 Bradley-Terry loss, the DPO loss with its implicit rewards, the sequence log-probability of a
 response, GRPO's group-relative advantages, the clipped GRPO loss with the k3 KL term, and a
 short GRPO run on a toy verifiable task graded on the expected reward the grader measures.
