@@ -18,7 +18,10 @@ cross-entropy on the masked label positions, and :func:`sft_train` is a plain Ad
 
 from __future__ import annotations
 
+import copy
 import random
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +50,13 @@ __all__ = [
     "constant_answer_accuracy",
     "tokenize_instructions",
     "wilson_interval",
+    "SFT_RECIPE",
+    "SPLITS",
+    "sft_experiment",
 ]
+
+SFT_RECIPE = dict(steps=500, lr=3e-3, batch_size=32)  # chapter 5.6's recipe for the char GPT
+SPLITS = dict(n_train=3000, n_heldout=300, seed=0)  # chapters 5.6, 5.7 and 5.10's prompts
 
 TASKS = ("reverse", "upper", "count")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -336,11 +345,10 @@ def constant_answer_accuracy(train: Sequence[Instruction], test: Sequence[Instru
     check_type("test", test, (list, tuple))
     if not train or not test:
         raise ValueError("train and test must be non-empty lists of Instruction")
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter[str]] = {}
     for e in train:
-        per = counts.setdefault(e.task, {})
-        per[e.answer] = per.get(e.answer, 0) + 1
-    best = {t: max(c, key=c.get) for t, c in counts.items()}  # max keeps the first of equal counts
+        counts.setdefault(e.task, Counter())[e.answer] += 1
+    best = {t: c.most_common(1)[0][0] for t, c in counts.items()}  # ties: first seen wins
     return sum(best.get(e.task) == e.answer for e in test) / len(test)
 
 
@@ -367,3 +375,68 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     center = (p + z2 / (2 * n)) / denom
     half = z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5 / denom
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def sft_experiment(
+    base: nn.Module,
+    tokenizer: Any,
+    train: Sequence[Instruction],
+    heldout: Sequence[Instruction],
+    val_ids: torch.Tensor,
+    *,
+    response_only: bool = True,
+    replay: torch.Tensor | None = None,
+    replay_batch_size: int = 4,
+    lora_rank: int | None = None,
+    seed: int = 0,
+    steps: int = SFT_RECIPE["steps"],
+    lr: float = SFT_RECIPE["lr"],
+    batch_size: int = SFT_RECIPE["batch_size"],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune a copy of ``base`` on ``train`` and measure it on ``heldout`` (chapters 5.6, 5.7).
+
+    ``lora_rank`` wraps the copy with :func:`lmlib.lora.apply_lora` first (targets
+    :data:`lmlib.lora.CHAR_GPT_TARGETS`, alpha = r), so only the adapters train. ``replay``
+    (pretraining token ids) mixes ``replay_batch_size`` windows into every step. ``base``
+    itself is not changed.
+
+    Returns:
+        ``(model, record)``: the fine-tuned copy (eval mode) and a dict of plain data:
+        ``losses`` (per step), ``replies`` (greedy, one per held-out prompt), ``acc``
+        (exact match), ``tasks`` (per task), ``val`` (nats/char on ``val_ids``: forgetting),
+        ``seconds`` (training wall time), ``tokens_per_sec`` (real tokens, not padding) and
+        ``trainable`` (parameters that trained).
+    """
+    check_type("base", base, nn.Module)
+    for name, split in (("train", train), ("heldout", heldout)):
+        check_type(name, split, (list, tuple))
+        if not split:
+            raise ValueError(f"{name} must be a non-empty list of Instruction")
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    if lora_rank is not None:
+        from lmlib.lora import CHAR_GPT_TARGETS, apply_lora
+
+        lora_rank = check_int("lora_rank", lora_rank, min=1)
+        apply_lora(model, CHAR_GPT_TARGETS, r=lora_rank, alpha=lora_rank)
+    examples = tokenize_instructions(tokenizer, list(train))
+    start = time.perf_counter()
+    losses = sft_train(model, examples, steps=steps, lr=lr, batch_size=batch_size,
+                       response_only=response_only, seed=seed, replay=replay,
+                       replay_batch_size=replay_batch_size)
+    seconds = time.perf_counter() - start
+    acc, replies = accuracy(model, tokenizer, list(heldout))
+    from lmlib.train import split_loss
+
+    mean_len = sum(len(e.input_ids) for e in examples) / len(examples)
+    record = {
+        "losses": losses,
+        "replies": replies,
+        "acc": acc,
+        "tasks": per_task_accuracy(list(heldout), replies),
+        "val": float(split_loss(model, val_ids)),
+        "seconds": seconds,
+        "tokens_per_sec": steps * batch_size * mean_len / seconds,
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    return model, record

@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from lmlib._validate import check_float, check_int, check_type
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora", "count_parameters", "parameter_report"]
+__all__ = ["CHAR_GPT_TARGETS", "LoRALinear", "apply_lora", "merge_lora", "count_parameters", "parameter_report"]
 
 
 class LoRALinear(nn.Module):
@@ -97,6 +97,10 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g}"
+
+
+# chapter 5.7's targets in the character GPT: every linear layer of the blocks and the output layer
+CHAR_GPT_TARGETS = r"transformer\.h\..*|lm_head"
 
 
 def _matcher(target: str | list[str] | tuple[str, ...]):

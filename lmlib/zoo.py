@@ -16,6 +16,8 @@ The same mechanism caches chapter 6's sentiment classifier head (:func:`sentimen
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import functools
 import datetime as _dt
@@ -26,17 +28,20 @@ import platform
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from lmlib._cache import cache_dir, file_lock
+from lmlib._validate import check_int, check_type
 from lmlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
     "CheckpointError",
     "default_char_gpt_recipe",
     "history_of",
+    "instruction_tuned_char_gpt",
+    "all_cpu_threads",
     "SENTIMENT_RECIPE",
     "sentiment_probe",
     "cache_key",
@@ -91,6 +96,22 @@ def corpus_digest() -> str:
 
 
 # --------------------------------------------------------------------------- cached artifacts
+
+
+@contextlib.contextmanager
+def all_cpu_threads() -> Iterator[int]:
+    """Train with every CPU core, then restore the caller's ``torch.get_num_threads()``.
+
+    Pages that work with tiny tensors set one thread (faster for them); a model the zoo
+    trains on their behalf is large enough that two cores are about 1.5x faster than one.
+    """
+    before = torch.get_num_threads()
+    wanted = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(before)
 
 
 def cached_artifact(
@@ -234,7 +255,8 @@ def pretrained_char_gpt(
         torch.manual_seed(seed)
         model = GPT(gcfg)
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        result = train(model, train_ids, val_ids, tcfg)
+        with all_cpu_threads() as threads:  # the asking page may have pinned one thread
+            result = train(model, train_ids, val_ids, tcfg)
         device = str(next(model.parameters()).device)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return {
@@ -249,7 +271,7 @@ def pretrained_char_gpt(
                 "tokens_per_sec": float(result.tokens_per_sec),
                 "device": device,
                 "torch": str(torch.__version__),
-                "threads": torch.get_num_threads(),
+                "threads": threads,
                 "machine": platform.machine(),
                 "history": dataclasses.asdict(result),
             },
@@ -368,3 +390,80 @@ def sentiment_probe(
     head.load_state_dict(payload["state_dict"])
     head.eval()
     return head, {**status, "key": key, **payload["info"]}
+
+
+# --------------------------------------------------------------------------- instruction-tuned char GPTs
+
+
+def _source_digest(*modules: Any) -> str:
+    """sha256 of the modules' source files: a cache key part that changes when the code does."""
+    import inspect
+
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(Path(inspect.getsourcefile(m)).read_bytes())
+    return h.hexdigest()
+
+
+def instruction_tuned_char_gpt(
+    *,
+    response_only: bool = True,
+    replay_batch_size: int = 0,
+    lora_rank: int | None = None,
+    seed: int = 0,
+    train_if_missing: bool = True,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Chapter 5.6/5.7's fine-tuned char GPT and its held-out record, from the cache or trained.
+
+    One run of :func:`lmlib.instruct.sft_experiment` on :data:`lmlib.instruct.SPLITS` with
+    :data:`lmlib.instruct.SFT_RECIPE`, starting from :func:`pretrained_char_gpt`:
+    ``response_only`` chooses the loss mask, ``replay_batch_size > 0`` mixes that many
+    pretraining windows into each step, ``lora_rank`` trains LoRA adapters instead of the
+    weights. The key covers the base model's key, the recipe, the splits and the source of
+    the modules that train and score (so a code change retrains). Chapters 5.6 and 5.7 train
+    these runs on a cold build; chapter 5.10 reads the same records.
+
+    Returns:
+        ``(model, tokenizer, record)``: ``record`` is ``sft_experiment``'s dict plus
+        ``source`` (``"cache"`` / ``"trained"``), ``reason``, ``path``, ``key`` and
+        ``trained_at`` (UTC ISO time).
+    """
+    from lmlib import instruct, lora, model as model_mod, sft, train as train_mod
+    from lmlib.data import char_corpus
+
+    check_type("response_only", response_only, bool)
+    replay_batch_size = check_int("replay_batch_size", replay_batch_size, min=0)
+    if lora_rank is not None:
+        lora_rank = check_int("lora_rank", lora_rank, min=1)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    base, tok, base_info = pretrained_char_gpt(train_if_missing=train_if_missing)
+    _, train_ids, val_ids = char_corpus()
+    train, heldout = instruct.make_instruction_splits(**instruct.SPLITS)
+    variant = dict(response_only=response_only, replay_batch_size=replay_batch_size,
+                   lora_rank=lora_rank, seed=seed)
+    key = cache_key(kind="instruction-sft", base=base_info["key"], variant=variant,
+                    recipe=instruct.SFT_RECIPE, splits=instruct.SPLITS,
+                    code=_source_digest(instruct, lora, sft, train_mod, model_mod))
+    name = ("mask" if response_only else "every") + (f"-replay{replay_batch_size}" if replay_batch_size else "")
+    name += (f"-lora{lora_rank}" if lora_rank else "") + f"-seed{seed}"
+    path = cache_dir() / "checkpoints" / f"char-gpt-sft-{name}.pt"
+
+    def build() -> dict[str, Any]:
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        with all_cpu_threads():
+            tuned, record = instruct.sft_experiment(
+                base, tok, train, heldout, val_ids, response_only=response_only,
+                replay=train_ids if replay_batch_size else None,
+                replay_batch_size=replay_batch_size or 4, lora_rank=lora_rank, seed=seed,
+                **instruct.SFT_RECIPE)
+        state = {k: v.detach().cpu().clone() for k, v in tuned.state_dict().items()}
+        return {"state_dict": state, "record": {**record, "trained_at": started}}
+
+    payload, status = cached_artifact(path, key, build, train_if_missing=train_if_missing)
+    tuned = copy.deepcopy(base)
+    if lora_rank is not None:
+        lora.apply_lora(tuned, lora.CHAR_GPT_TARGETS, r=lora_rank, alpha=lora_rank)
+    tuned.load_state_dict(payload["state_dict"])
+    tuned.eval()
+    return tuned, tok, {**payload["record"], **status, "key": key}

@@ -19,6 +19,7 @@ from lmlib.instruct import (
     make_instruction_splits,
     per_task_accuracy,
     sft_batch,
+    sft_experiment,
     sft_loss,
     sft_train,
     tokenize_instructions,
@@ -250,3 +251,46 @@ def test_task_metrics_bad_input():
         constant_answer_accuracy([], examples)
     with pytest.raises(TypeError):
         per_task_accuracy(examples, "ba")
+
+
+def _tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
+
+
+def test_sft_experiment_trains_a_copy_and_scores_its_own_replies():
+    base = _tiny_gpt()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    train, held = make_instruction_splits(64, 12, seed=0)
+    val = torch.tensor(TOK.encode("the quick brown fox jumps over the lazy dog " * 4))
+    model, rec = sft_experiment(base, TOK, train, held, val, steps=5, lr=1e-3, batch_size=8)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # base untouched
+    assert model is not base and not model.training
+    assert len(rec["losses"]) == 5 and len(rec["replies"]) == len(held)
+    assert rec["acc"] == sum(exact_match(e.prompt, r) for e, r in zip(held, rec["replies"])) / len(held)
+    assert rec["tasks"] == per_task_accuracy(held, rec["replies"])
+    assert rec["trainable"] == sum(p.numel() for p in base.parameters())
+    assert rec["seconds"] > 0 and rec["tokens_per_sec"] > 0 and rec["val"] > 0
+
+
+def test_sft_experiment_with_lora_trains_only_r_in_plus_out_per_layer():
+    base = _tiny_gpt()
+    train, held = make_instruction_splits(64, 4, seed=0)
+    val = torch.tensor(TOK.encode("abc " * 40))
+    model, rec = sft_experiment(base, TOK, train, held, val, lora_rank=2, steps=2, batch_size=4)
+    linears = [(n, m) for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)
+               and (n.startswith("transformer.h.") or n == "lm_head")]  # chapter 5.7's targets
+    assert linears and rec["trainable"] == sum(2 * (m.in_features + m.out_features) for _, m in linears)
+    assert rec["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_sft_experiment_bad_input():
+    base = _tiny_gpt()
+    train, held = make_instruction_splits(16, 2, seed=0)
+    val = torch.tensor(TOK.encode("abc " * 40))
+    with pytest.raises(ValueError, match="heldout"):
+        sft_experiment(base, TOK, train, [], val, steps=1)
+    with pytest.raises(ValueError, match="lora_rank"):
+        sft_experiment(base, TOK, train, held, val, lora_rank=0, steps=1)
+    with pytest.raises(TypeError, match="base"):
+        sft_experiment("gpt", TOK, train, held, val, steps=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ import torch
 from lmlib.model import GPTConfig
 from lmlib.train import TrainConfig
 from lmlib.checkpoint import load_checkpoint
-from lmlib.zoo import CheckpointError, cache_key, cached_artifact, history_of, pretrained_char_gpt
+from lmlib.zoo import (CheckpointError, all_cpu_threads, cache_key, cached_artifact, history_of,
+                       pretrained_char_gpt)
 
 TINY = GPTConfig(vocab_size=84, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
 TINY_TRAIN = TrainConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=0, eval_iters=1,
@@ -212,3 +214,19 @@ def test_corpus_digest_hashes_train_and_val_text() -> None:
     for split in ("train", "val"):
         h.update(split.encode() + b"\0" + shakespeare_text(split).encode("utf-8") + b"\0")
     assert corpus_digest() == h.hexdigest()
+
+
+def test_all_cpu_threads_uses_every_core_then_restores_the_callers_setting() -> None:
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        torch.set_num_threads(1)
+        with all_cpu_threads() as n:
+            assert n == cores and torch.get_num_threads() == cores
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RuntimeError, match="boom"):
+            with all_cpu_threads():
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 1  # restored after an error too
+    finally:
+        torch.set_num_threads(before)
