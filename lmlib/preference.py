@@ -16,7 +16,7 @@ A preference data set holds pairs: for one prompt x, a **chosen (被选)** respo
       L = -log σ( β [ (log π_θ(y_w|x) - log π_ref(y_w|x)) - (log π_θ(y_l|x) - log π_ref(y_l|x)) ] )
 
 The log-probability of a whole response is the sum of its tokens' log-probabilities
-(:func:`sequence_logprob`). Convention used throughout Chapter 10: a causal LM's logits at
+(:func:`sequence_logprob`). Convention used throughout these chapters: a causal LM's logits at
 position t predict the token at position t + 1, and masks live on **label positions** (the
 token being predicted), so ``mask[:, t]`` says whether token ``labels[:, t]`` is scored.
 """
@@ -26,9 +26,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmlib._validate import check_float, check_mask, check_same_shape, check_tensor
+import torch.nn as nn
 
-__all__ = ["bradley_terry_loss", "dpo_loss", "token_logprobs", "sequence_logprob"]
+from lmlib._validate import check_float, check_int, check_mask, check_same_shape, check_tensor, check_type
+
+__all__ = ["bradley_terry_loss", "dpo_loss", "dpo_train", "token_logprobs", "sequence_logprob"]
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -141,3 +143,60 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Ten
         ``(B,)`` float32, ``log π(response | prompt)`` in nats (0 for an all-False row).
     """
     return token_logprobs(logits, labels, mask).sum(dim=1)  # (B,)
+
+
+def dpo_train(
+    policy: nn.Module,
+    ref: nn.Module,
+    ids_chosen: torch.Tensor,
+    ids_rejected: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    steps: int = 100,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    beta: float = 0.1,
+    seed: int = 0,
+) -> list[float]:
+    """Train ``policy`` in place with DPO on preference pairs (Chapter 5.8's loop as a function).
+
+    ``ref`` is frozen (its log-probabilities are computed once, without gradients). Each step
+    draws ``batch_size`` pairs at random (seeded by ``seed``) and takes one AdamW step
+    (no weight decay) on :func:`dpo_loss`. Both models are called as ``model(ids)[0]`` =
+    logits ``(B, T, V)`` (lmlib's ``GPT``).
+
+    Args:
+        ids_chosen, ids_rejected: ``(N, T)`` prompt + response ids of each pair.
+        mask: ``(N, T)`` the response positions (shared by both, as
+            :func:`lmlib.verifiable.encode_examples` makes them).
+    Returns:
+        the DPO loss of every step; ``policy`` is left in eval mode.
+    """
+    check_type("policy", policy, nn.Module)
+    check_type("ref", ref, nn.Module)
+    check_tensor("ids_chosen", ids_chosen, dim=2, integer=True, nonempty=True)
+    check_tensor("ids_rejected", ids_rejected, dim=2, integer=True, nonempty=True)
+    shape = check_same_shape(ids_chosen=ids_chosen, ids_rejected=ids_rejected)
+    mask = check_mask("mask", mask, shape)
+    steps = check_int("steps", steps, min=1)
+    batch_size = check_int("batch_size", batch_size, min=1)
+    lr = check_float("lr", lr, min=0.0, min_inclusive=False)
+
+    def logps(model: nn.Module, w: torch.Tensor, l: torch.Tensor, m: torch.Tensor):
+        return sequence_logprob(model(w)[0], w, m), sequence_logprob(model(l)[0], l, m)  # (B,), (B,)
+
+    with torch.no_grad():
+        ref_w, ref_l = logps(ref, ids_chosen, ids_rejected, mask)  # (N,), (N,)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        b = torch.randint(shape[0], (batch_size,), generator=gen)  # (batch,) pair indices
+        pw, pl = logps(policy, ids_chosen[b], ids_rejected[b], mask[b])
+        loss, _, _ = dpo_loss(pw, pl, ref_w[b], ref_l[b], beta=beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    policy.eval()
+    return losses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from types import SimpleNamespace
@@ -12,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch.nn.functional as F
 
-from lmlib.preference import bradley_terry_loss, dpo_loss, sequence_logprob, token_logprobs
+from lmlib.model import GPT, GPTConfig
+from lmlib.preference import bradley_terry_loss, dpo_loss, dpo_train, sequence_logprob, token_logprobs
 from lmlib.sft import sft_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -204,3 +206,41 @@ def test_sequence_logprob_rejects_bad_input():
         sequence_logprob(logits, labels.float(), torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="must be 3-d"):
         sequence_logprob(logits[0], labels, torch.ones(2, 5, dtype=torch.bool))
+
+
+def _dpo_setup():
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).eval()
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    prompts = torch.randint(12, (32, 5))
+    chosen, rejected = torch.randint(12, (32, 3)), torch.randint(12, (32, 3))
+    ids_w, ids_l = torch.cat([prompts, chosen], 1), torch.cat([prompts, rejected], 1)  # (32, 8)
+    mask = torch.zeros(32, 8, dtype=torch.bool)
+    mask[:, 5:] = True  # the three response positions
+    return policy, ref, ids_w, ids_l, mask
+
+
+def test_dpo_train_starts_at_log_2_and_widens_the_margin_without_touching_the_reference():
+    policy, ref, ids_w, ids_l, mask = _dpo_setup()
+    ref_state = {k: v.clone() for k, v in ref.state_dict().items()}
+    losses = dpo_train(policy, ref, ids_w, ids_l, mask, steps=40, batch_size=16, lr=1e-2)
+    assert len(losses) == 40
+    assert math.isclose(losses[0], math.log(2), rel_tol=1e-5)  # policy = reference: no preference yet
+    assert losses[-1] < losses[0] - 0.2
+    assert all(torch.equal(ref_state[k], v) for k, v in ref.state_dict().items())
+    with torch.no_grad():
+        margin = (sequence_logprob(policy(ids_w)[0], ids_w, mask) - sequence_logprob(ref(ids_w)[0], ids_w, mask)
+                  - sequence_logprob(policy(ids_l)[0], ids_l, mask) + sequence_logprob(ref(ids_l)[0], ids_l, mask))
+    assert (margin > 0).float().mean() > 0.8  # the training pairs now prefer the chosen response
+
+
+def test_dpo_train_rejects_bad_input():
+    policy, ref, ids_w, ids_l, mask = _dpo_setup()
+    with pytest.raises(ValueError, match="same shape"):
+        dpo_train(policy, ref, ids_w, ids_l[:, :7], mask)
+    with pytest.raises(ValueError, match="mask"):
+        dpo_train(policy, ref, ids_w, ids_l, mask[:, :7])
+    with pytest.raises(ValueError, match="steps"):
+        dpo_train(policy, ref, ids_w, ids_l, mask, steps=0)
+    with pytest.raises(TypeError, match="ref"):
+        dpo_train(policy, None, ids_w, ids_l, mask)
