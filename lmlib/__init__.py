@@ -24,9 +24,9 @@ module              what it implements                                          
 ``checkpoint``      atomic save/load with a sha256 digest and a format number   5.2
 ``sft``             chat formatting and response-only loss masks for SFT        5.6
 ``lora``            LoRA adapters: LoRALinear, apply_lora, merge, counts        5.7
-``instruct``        a checkable instruction task and a small SFT loop           5.6
-``verifiable``      the addition task with its checker; GRPO on it              5.8-5.9
-``preference``      Bradley-Terry reward loss, DPO, sequence log-probs          5.8
+``instruct``        a checkable instruction task, SFT loop and experiment       5.6-5.7
+``verifiable``      the addition task with its checker; GRPO on it              5.8-5.10
+``preference``      Bradley-Terry reward loss, DPO and its loop, log-probs      5.8, 5.10
 ``rl``              GRPO: group advantages, PPO clipping, k3 KL, rollout        5.9
 ``device``          pick CUDA / MPS / CPU                                       1
 ``_validate``       the argument guards every public entry point shares         --
