@@ -17,7 +17,8 @@ import torch
 from lmlib.model import GPTConfig
 from lmlib.train import TrainConfig
 from lmlib.checkpoint import load_checkpoint
-from lmlib.zoo import (CheckpointError, all_cpu_threads, cache_key, cached_artifact, history_of,
+from lmlib.zoo import (CheckpointError, all_cpu_threads, cache_key, cached_artifact, fixed_threads,
+                       history_of,
                        pretrained_char_gpt)
 
 TINY = GPTConfig(vocab_size=84, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
@@ -230,3 +231,14 @@ def test_all_cpu_threads_uses_every_core_then_restores_the_callers_setting() -> 
         assert torch.get_num_threads() == 1  # restored after an error too
     finally:
         torch.set_num_threads(before)
+
+
+def test_fixed_threads_sets_the_count_and_rejects_bad_counts() -> None:
+    before = torch.get_num_threads()
+    with fixed_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n"):
+        with fixed_threads(0):
+            pass
+    assert torch.get_num_threads() == before
