@@ -49,7 +49,7 @@ def run(base, tok, val, train, heldout, *, steps, lr, batch_size, mode, seed, re
     _, r = sft_experiment(base, tok, train, heldout, val, response_only=mask,
                           replay=replay if use_replay else None, replay_batch_size=replay_batch_size,
                           lora_rank=rank, seed=seed, steps=steps, lr=lr, batch_size=batch_size)
-    return {**r, "val_after": r["val"], "tok_per_s": r["tokens_per_sec"]}
+    return r
 
 
 def main() -> None:
@@ -86,10 +86,10 @@ def main() -> None:
             tasks = ", ".join(f"{t} {a:.3f}" for t, a in r["tasks"].items())
             name = MODES[mode][0]
             print(f"| {name} | {seed} | {r['acc']:.3f} [{lo:.3f}, {hi:.3f}] | {tasks} | "
-                  f"{val_before:.3f} -> {r['val_after']:.3f} | {r['seconds']:.1f} | {r['tok_per_s']:.0f} |", flush=True)
+                  f"{val_before:.3f} -> {r['val']:.3f} | {r['seconds']:.1f} | {r['tokens_per_sec']:.0f} |", flush=True)
     for mode, rs in results.items():
         accs = [r["acc"] for r in rs]
-        vals = [r["val_after"] for r in rs]
+        vals = [r["val"] for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         print(f"{mode}: exact match mean {statistics.mean(accs):.3f} (sd {sd:.3f}, min {min(accs):.3f}, "
               f"max {max(accs):.3f}) over {len(rs)} seeds; val after mean {statistics.mean(vals):.3f}")

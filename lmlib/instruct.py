@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from lmlib._validate import check_float, check_int, check_type
 from lmlib.sft import IGNORE_INDEX, SFTExample, SimpleChatTemplate, build_sft_example, sft_labels
-from lmlib.train import get_batch
+from lmlib.train import get_batch, split_loss
 
 __all__ = [
     "TASKS",
@@ -426,8 +426,6 @@ def sft_experiment(
                        replay_batch_size=replay_batch_size)
     seconds = time.perf_counter() - start
     acc, replies = accuracy(model, tokenizer, list(heldout))
-    from lmlib.train import split_loss
-
     mean_len = sum(len(e.input_ids) for e in examples) / len(examples)
     record = {
         "losses": losses,

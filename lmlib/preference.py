@@ -24,9 +24,8 @@ token being predicted), so ``mask[:, t]`` says whether token ``labels[:, t]`` is
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lmlib._validate import check_float, check_int, check_mask, check_same_shape, check_tensor, check_type
 
